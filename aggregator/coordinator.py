@@ -1,0 +1,404 @@
+"""The round state machine, sans I/O.
+
+:class:`RoundCoordinator` is fed decoded-at-the-edge events (status messages,
+reply frames as raw bytes, clock ticks) and returns *effects* for the service
+to carry out: publish this, save that checkpoint, a round has closed. It never
+touches a socket or a file, so every rule here is tested with literal bytes.
+
+Round lifecycle::
+
+    waiting ──(>= min_clients online)──> collecting ──(all expected replied,
+      ^                                        │       target reached, or deadline)
+      └────────────── next round <──── close: aggregate / publish / checkpoint
+
+Round 0 is the federated statistics round (devices send per-feature count, sum
+and sum of squares; the aggregator sets the model's normalisation from them and
+publishes global version 0). Rounds 1..R train (version v -> v+1). A final
+``evaluate`` round measures the last global model on every device's held-out data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from aggregator.checkpoint import Checkpoint
+from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
+from fedge.config import AggregatorConfig
+from fedge.errors import (
+    FrameError,
+    FrameTooLargeError,
+    MessageError,
+    NonFiniteTensorError,
+    RejectReason,
+    TopicError,
+    UpdateRejectedError,
+)
+from fedge.messages import (
+    DeviceStatus,
+    RoundAnnouncement,
+    RoundSummary,
+    RoundTask,
+    decode_message,
+    encode_message,
+)
+from fedge.strategies import Strategy, StreamingMean
+from fedge.topics import Topics, TopicKind, parse_topic
+from fedge.validation import RoundExpectation, UpdateValidator
+
+__all__ = ["Effect", "Phase", "Publish", "RoundClosed", "RoundCoordinator", "SaveCheckpoint"]
+
+log = logging.getLogger(__name__)
+
+NORMALISATION = ("input_mean", "input_std")
+_STD_FLOOR = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SaveCheckpoint:
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True, slots=True)
+class RoundClosed:
+    summary: RoundSummary
+
+
+Effect = Publish | SaveCheckpoint | RoundClosed
+
+
+class Phase(StrEnum):
+    WAITING = "waiting"
+    COLLECTING = "collecting"
+    FINISHED = "finished"
+
+
+@dataclass
+class _OpenRound:
+    """Everything about the round being collected; O(model) memory whatever the fleet size."""
+
+    announcement: RoundAnnouncement
+    expect: RoundExpectation
+    expected: set[str]
+    accumulator: StreamingMean | None
+    received: set[str] = field(default_factory=set)
+    rejected: Counter[str] = field(default_factory=Counter)
+    bytes_received: int = 0
+    num_examples: int = 0
+    loss_sum: float = 0.0
+    loss_weight: float = 0.0
+    sq_err_sum: float = 0.0
+    val_examples: int = 0
+    stats_count: float = 0.0
+    stats_sum: np.ndarray | None = None
+    stats_sumsq: np.ndarray | None = None
+
+
+class RoundCoordinator:
+    """Runs synchronous rounds with a deadline and a quorum over one fleet."""
+
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        *,
+        strategy: Strategy,
+        initial: Checkpoint,
+        trainable: Sequence[str],
+    ) -> None:
+        self.config = config
+        self.topics = Topics(config.fleet)
+        self.strategy = strategy
+        self.spec = initial.spec
+        self.version = initial.version
+        self.last_round_id = initial.round_id
+        self.stats_done = initial.stats_done or not config.federated_stats
+        self.tensors = {k: np.asarray(v, np.float32) for k, v in initial.tensors.items()}
+        self.trainable = list(trainable)
+        if initial.strategy_state:
+            strategy.load_state(initial.strategy_state)
+        self.validator = UpdateValidator(
+            fleet=config.fleet, allowed_devices=config.allowed_devices
+        )
+        self.phase = Phase.WAITING
+        self.online: dict[str, DeviceStatus] = {}
+        self.open: _OpenRound | None = None
+        self.evaluated = False
+        self.rejected_total: Counter[str] = Counter()
+        self.history: list[RoundSummary] = []
+
+    # Public API ---------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.FINISHED
+
+    def start(self, now: float) -> list[Effect]:
+        """Effects to run once at start-up: re-publish the current global model if it exists."""
+        if self.stats_done:
+            return [self._global_publish(round_id=self.last_round_id, num_examples=0)]
+        return []
+
+    def on_status(self, device: str, payload: bytes, now: float) -> list[Effect]:
+        """A device's retained status (or last will) changed."""
+        try:
+            status = decode_message(DeviceStatus, payload)
+        except MessageError as exc:
+            self._count_reject(RejectReason.MALFORMED, f"status from {device}: {exc}")
+            return []
+        if status.device != device or status.fleet != self.config.fleet:
+            self._count_reject(RejectReason.TOPIC_MISMATCH, f"status on {device} names {status.device}")
+            return []
+        allowed = self.config.allowed_devices
+        if allowed is not None and device not in allowed:
+            self._count_reject(RejectReason.UNKNOWN_DEVICE, f"status from {device}")
+            return []
+        if status.state == "online":
+            self.online[device] = status
+        else:
+            self.online.pop(device, None)
+            if self.open is not None:
+                self.open.expected.discard(device)
+        return self.tick(now)
+
+    def on_reply(self, topic: str, payload: bytes, now: float) -> list[Effect]:
+        """An update / evaluation / stats frame arrived on ``rounds/<r>/updates/<device>``."""
+        current = self.open
+        if current is not None:
+            current.bytes_received += len(payload)
+        try:
+            parsed = parse_topic(topic)
+            max_bytes = current.announcement.max_update_bytes if current else self.config.max_update_bytes
+            frame = decode_frame(payload, max_bytes=max_bytes)
+            if current is None:
+                raise UpdateRejectedError(RejectReason.WRONG_ROUND, "no round is open")
+            device = self.validator.check(
+                parsed, frame, current.expect, already_received=current.received
+            )
+        except FrameTooLargeError as exc:
+            return self._reject(RejectReason.TOO_LARGE, str(exc))
+        except NonFiniteTensorError as exc:
+            return self._reject(RejectReason.NON_FINITE, str(exc))
+        except (FrameError, TopicError) as exc:
+            return self._reject(RejectReason.MALFORMED, str(exc))
+        except UpdateRejectedError as exc:
+            return self._reject(exc.reason, f"{topic}: {exc.detail}")
+        self._accept(current, device, frame)
+        return self.tick(now)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Advance time: open the next round or close the current one when due."""
+        if self.phase is Phase.WAITING:
+            return self._maybe_announce(now)
+        if self.phase is Phase.COLLECTING and self.open is not None:
+            current = self.open
+            everyone = bool(current.expected) and current.expected <= current.received
+            target = self.config.target_clients
+            if everyone or (target is not None and len(current.received) >= target) or \
+                    now >= current.announcement.deadline:
+                return self._close(now)
+        return []
+
+    # Internals ----------------------------------------------------------------------------
+    def _next_task(self) -> RoundTask | None:
+        if not self.stats_done:
+            return "stats"
+        if self.config.rounds is None or self.version < self.config.rounds:
+            return "train"
+        if self.config.final_evaluation and not self.evaluated:
+            return "evaluate"
+        return None
+
+    def _maybe_announce(self, now: float) -> list[Effect]:
+        task = self._next_task()
+        if task is None:
+            self.phase = Phase.FINISHED
+            return []
+        if len(self.online) < self.config.min_clients:
+            return []
+        self.last_round_id += 1
+        training = self.config.training
+        options = self.strategy.client_options()
+        if options:
+            training = training.model_copy(update=options)
+        announcement = RoundAnnouncement(
+            fleet=self.config.fleet,
+            round_id=self.last_round_id,
+            task=task,
+            base_version=self.version,
+            issued_at=now,
+            deadline=now + self.config.round_timeout_s,
+            min_clients=self.config.min_clients,
+            training=training,
+            max_update_bytes=self.config.max_update_bytes,
+        )
+        template: dict[str, np.ndarray] = {}
+        accumulator = None
+        if task == "train":
+            template = {k: self.tensors[k] for k in self.trainable}
+            accumulator = StreamingMean(template)
+        elif task == "stats":
+            n = self.spec.n_features
+            template = {
+                "count": np.zeros(1, np.float64),
+                "sum": np.zeros(n, np.float64),
+                "sumsq": np.zeros(n, np.float64),
+            }
+        self.open = _OpenRound(
+            announcement=announcement,
+            expect=RoundExpectation(self.last_round_id, self.version, task, template),
+            expected=set(self.online),
+            accumulator=accumulator,
+        )
+        self.phase = Phase.COLLECTING
+        log.info("round %d (%s) announced to %d devices", self.last_round_id, task, len(self.online))
+        return [Publish(self.topics.round_current, encode_message(announcement), retain=True)]
+
+    def _accept(self, current: _OpenRound, device: str, frame: Frame) -> None:
+        header = frame.header
+        current.received.add(device)
+        current.num_examples += header.num_examples
+        metrics = header.metrics
+        task = current.expect.task
+        if task == "train":
+            assert current.accumulator is not None  # noqa: S101 - set for every train round
+            current.accumulator.add(frame.tensors, float(header.num_examples))
+            loss = metrics.get("train_loss")
+            if loss is not None and loss >= 0:
+                current.loss_sum += loss * header.num_examples
+                current.loss_weight += header.num_examples
+            self._add_val(current, metrics.get("val_rmse"), metrics.get("val_examples"))
+        elif task == "evaluate":
+            self._add_val(current, metrics.get("rmse"), float(header.num_examples))
+        else:
+            t = frame.tensors
+            current.stats_count += float(t["count"][0])
+            current.stats_sum = t["sum"] if current.stats_sum is None else current.stats_sum + t["sum"]
+            current.stats_sumsq = (
+                t["sumsq"] if current.stats_sumsq is None else current.stats_sumsq + t["sumsq"]
+            )
+
+    @staticmethod
+    def _add_val(current: _OpenRound, rmse: float | None, n: float | None) -> None:
+        if rmse is None or n is None or rmse < 0 or n <= 0:
+            return
+        current.sq_err_sum += rmse * rmse * n
+        current.val_examples += int(n)
+
+    def _reject(self, reason: RejectReason, detail: str) -> list[Effect]:
+        self._count_reject(reason, detail)
+        if self.open is not None:
+            self.open.rejected[reason.value] += 1
+        return []
+
+    def _count_reject(self, reason: RejectReason, detail: str) -> None:
+        self.rejected_total[reason.value] += 1
+        log.warning("rejected (%s): %s", reason.value, detail)
+
+    def _close(self, now: float) -> list[Effect]:
+        current = self.open
+        assert current is not None  # noqa: S101 - only called while collecting
+        self.open = None
+        self.phase = Phase.WAITING
+        task = current.expect.task
+        participants = len(current.received)
+        effects: list[Effect] = []
+        ok = participants >= self.config.min_clients
+        if ok and task == "stats":
+            ok = self._apply_stats(current)
+        if ok and task == "train":
+            assert current.accumulator is not None  # noqa: S101
+            current_trainable = {k: self.tensors[k] for k in self.trainable}
+            new = self.strategy.aggregate(current_trainable, current.accumulator.mean())
+            self.tensors.update(new)
+            self.version += 1
+        if ok and task == "evaluate":
+            self.evaluated = True
+        if ok and task in ("stats", "train"):
+            effects.append(self._global_publish(current.expect.round_id, current.num_examples))
+            effects.append(SaveCheckpoint(self._checkpoint()))
+        val_error = (
+            math.sqrt(current.sq_err_sum / current.val_examples) if current.val_examples else None
+        )
+        summary = RoundSummary(
+            fleet=self.config.fleet,
+            round_id=current.expect.round_id,
+            task=task,
+            ts=now,
+            outcome="completed" if ok else "failed",
+            version=self.version,
+            participants=participants,
+            rejected=sum(current.rejected.values()),
+            rejected_by_reason=dict(current.rejected),
+            num_examples=current.num_examples,
+            train_loss=current.loss_sum / current.loss_weight if current.loss_weight else None,
+            val_error=val_error,
+            val_examples=current.val_examples,
+            bytes_received=current.bytes_received,
+            duration_s=max(0.0, now - current.announcement.issued_at),
+        )
+        self.history.append(summary)
+        log.info("round %d (%s) %s: %d participants, val_error=%s", summary.round_id, task,
+                 summary.outcome, participants, val_error)
+        effects.append(Publish(self.topics.round_summary, encode_message(summary)))
+        effects.append(RoundClosed(summary))
+        effects.extend(self._maybe_announce(now))
+        return effects
+
+    def _apply_stats(self, current: _OpenRound) -> bool:
+        if current.stats_count <= 0 or current.stats_sum is None or current.stats_sumsq is None:
+            return False
+        mean = current.stats_sum / current.stats_count
+        var = np.maximum(current.stats_sumsq / current.stats_count - mean * mean, 0.0)
+        self.tensors["input_mean"] = mean.astype(np.float32)
+        self.tensors["input_std"] = np.maximum(np.sqrt(var), _STD_FLOOR).astype(np.float32)
+        self.stats_done = True
+        return True
+
+    def _checkpoint(self) -> Checkpoint:
+        return Checkpoint(
+            fleet=self.config.fleet,
+            version=self.version,
+            round_id=self.last_round_id,
+            spec=self.spec,
+            tensors=dict(self.tensors),
+            strategy_state=self.strategy.state(),
+            stats_done=self.stats_done,
+        )
+
+    def _global_publish(self, round_id: int, num_examples: int) -> Publish:
+        header = FrameHeader(
+            kind="global",
+            fleet=self.config.fleet,
+            round_id=round_id,
+            base_version=max(self.version - 1, 0),
+            version=self.version,
+            num_examples=num_examples,
+            model=self.spec,
+        )
+        return Publish(self.topics.global_model, encode_frame(header, self.tensors), retain=True)
+
+    def handle(self, topic: str, payload: bytes, now: float) -> list[Effect]:
+        """Route any message from the fleet's subscriptions to the right handler."""
+        try:
+            parsed = parse_topic(topic)
+        except TopicError as exc:
+            self._count_reject(RejectReason.MALFORMED, str(exc))
+            return []
+        if parsed.kind is TopicKind.STATUS and parsed.device is not None:
+            return self.on_status(parsed.device, payload, now)
+        if parsed.kind is TopicKind.UPDATE:
+            return self.on_reply(topic, payload, now)
+        return []

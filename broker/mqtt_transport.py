@@ -1,0 +1,205 @@
+"""The real MQTT transport: paho-mqtt 2.x behind fedge's :class:`~fedge.transport.Transport`.
+
+paho runs its network loop on its own thread and reconnects by itself
+(``reconnect_delay_set``); this adapter restores subscriptions on every
+(re)connect, keeps QoS 1 publishes queued across disconnects (paho re-sends
+them), and translates paho's return codes and socket errors into
+:class:`~fedge.errors.TransportError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fedge.config import BrokerEndpoint
+from fedge.errors import TransportError
+from fedge.transport import InboundMessage, MessageCallback, PublishHandle, Will
+
+__all__ = ["PahoTransport"]
+
+log = logging.getLogger(__name__)
+
+_PENDING_RCS = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN,
+                MQTTErrorCode.MQTT_ERR_AGAIN)
+
+
+class _PahoPublishHandle:
+    """Wraps paho's MQTTMessageInfo without its exceptions for 'not connected yet'."""
+
+    def __init__(self, info: mqtt.MQTTMessageInfo) -> None:
+        self._info = info
+
+    @property
+    def delivered(self) -> bool:
+        if self._info.rc not in _PENDING_RCS:
+            raise TransportError(f"publish failed: {mqtt.error_string(self._info.rc)}")
+        # A message published while disconnected has rc NO_CONN, stays queued in paho
+        # and is re-sent on reconnect; is_published() would raise for it, so read the
+        # flag paho sets on PUBACK directly.
+        with self._info._condition:
+            return bool(self._info._published)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.delivered:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._info._condition:
+                self._info._condition.wait(min(remaining, 0.1))
+        return True
+
+
+class PahoTransport:
+    """A :class:`~fedge.transport.Transport` over paho-mqtt 2.x.
+
+    ``clean_session=False`` with a stable ``client_id`` asks the broker to queue
+    QoS 1 messages for this client while it is away (used by the aggregator).
+    """
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        *,
+        client_id: str,
+        clean_session: bool = True,
+        connect_timeout: float = 15.0,
+        max_inflight: int = 100,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self._connect_timeout = connect_timeout
+        protocol = (
+            MQTTProtocolVersion.MQTTv5 if endpoint.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        )
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else clean_session,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)  # unbounded: the caller bounds what it queues
+        if endpoint.username is not None:
+            self._client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            self._client.tls_set(
+                ca_certs=str(endpoint.ca_file) if endpoint.ca_file else None,
+                certfile=str(endpoint.cert_file) if endpoint.cert_file else None,
+                keyfile=str(endpoint.key_file) if endpoint.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._lock = threading.Lock()
+        self._filters: dict[str, int] = {}
+        self._on_message_cb: MessageCallback | None = None
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self._loop_started = False
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # paho callbacks (network thread) -----------------------------------------------------
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.warning("broker refused %s: %s", self.client_id, reason)
+            return
+        with self._lock:
+            filters = list(self._filters.items())
+        for topic_filter, qos in filters:
+            client.subscribe(topic_filter, qos)
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if self._connected.is_set():
+            self.reconnects += 1
+        self._connected.clear()
+        if reason.is_failure:
+            log.info("%s disconnected (%s); paho reconnects", self.client_id, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        callback = self._on_message_cb
+        if callback is None:
+            return
+        try:
+            callback(InboundMessage(msg.topic, bytes(msg.payload), retain=bool(msg.retain),
+                                    qos=int(msg.qos)))
+        except Exception:
+            # An exception escaping here would kill paho's network thread.
+            log.exception("message handler failed for %s", msg.topic)
+
+    # Transport API -------------------------------------------------------------------------
+    def connect(self, *, on_message: MessageCallback, will: Will | None = None) -> None:
+        self._on_message_cb = on_message
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        try:
+            self._client.connect_async(
+                self.endpoint.host, self.endpoint.port, keepalive=self.endpoint.keepalive
+            )
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot connect to {self.endpoint.url}: {exc}") from exc
+        self._client.loop_start()
+        self._loop_started = True
+        deadline = time.monotonic() + self._connect_timeout
+        while not self._connected.wait(0.05):
+            if self._refused is not None:
+                self._stop_loop()
+                raise TransportError(f"broker {self.endpoint.url} refused connection: "
+                                     f"{self._refused}")
+            if time.monotonic() > deadline:
+                self._stop_loop()
+                raise TransportError(
+                    f"no connection to {self.endpoint.url} within {self._connect_timeout}s"
+                )
+
+    def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        with self._lock:
+            self._filters[topic_filter] = qos
+        if self._connected.is_set():
+            rc, _mid = self._client.subscribe(topic_filter, qos)
+            # NO_CONN is fine: _on_connect re-subscribes every stored filter.
+            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                raise TransportError(f"subscribe {topic_filter!r} failed: {mqtt.error_string(rc)}")
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> PublishHandle:
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        except ValueError as exc:  # paho: wildcard in topic, payload too large, bad qos
+            raise TransportError(f"cannot publish to {topic!r}: {exc}") from exc
+        if info.rc not in _PENDING_RCS:
+            raise TransportError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
+        return _PahoPublishHandle(info)
+
+    def _stop_loop(self) -> None:
+        if self._loop_started:
+            self._client.loop_stop()
+            self._loop_started = False
+
+    def close(self) -> None:
+        if not self._loop_started:
+            return
+        self._client.disconnect()
+        self._stop_loop()
+        self._connected.clear()

@@ -1,0 +1,408 @@
+"""The edge agent: sample, store, forward telemetry, train locally, predict.
+
+The agent owns one thread (``run``). The transport's callbacks only put inbound
+messages on a queue; everything else, including training, happens on the agent
+thread, so paho's network loop is never blocked and there is no shared state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.sources import SensorSource
+from edge_agent.store import ReadingStore
+from fedge import __version__
+from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
+from fedge.config import AgentConfig, ModelSpec
+from fedge.data.windows import FeatureStats, last_window, make_windows
+from fedge.errors import FedgeError, FrameError, MessageError, StorageError, TransportError
+from fedge.messages import (
+    DeviceStatus,
+    Prediction,
+    Reading,
+    RoundAnnouncement,
+    TelemetryBatch,
+    decode_message,
+    encode_message,
+)
+from fedge.models import FaultModel, build_model, load_tensors, state_tensors
+from fedge.topics import Topics
+from fedge.training import WindowDataset, evaluate, predict, train_local
+from fedge.transport import InboundMessage, PublishHandle, Transport, Will
+
+__all__ = ["AgentStats", "EdgeAgent"]
+
+log = logging.getLogger(__name__)
+
+_MAX_INFLIGHT_BATCHES = 20
+
+
+@dataclass
+class AgentStats:
+    """Counters an operator (or a test) can read."""
+
+    readings: int = 0
+    telemetry_batches: int = 0
+    telemetry_acked: int = 0
+    predictions: int = 0
+    rounds_answered: int = 0
+    models_received: int = 0
+    rejected_messages: int = 0
+    last_error: str | None = None
+    answered_rounds: list[int] = field(default_factory=list)
+
+
+class EdgeAgent:
+    """One device of the fleet. Give it a transport, a sensor source and a store."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport: Transport,
+        source: SensorSource,
+        store: ReadingStore,
+        history_units: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.source = source
+        self.store = store
+        self.clock = clock
+        self.topics = Topics(config.fleet)
+        self.stats = AgentStats()
+        self.model: FaultModel | None = None
+        self.model_version: int | None = None
+        self._inbox: queue.Queue[InboundMessage] = queue.Queue()
+        self._pending_round: RoundAnnouncement | None = None
+        self._answered: set[int] = set()
+        self._inflight: list[tuple[PublishHandle, list[int]]] = []
+        self._dataset_key: tuple[int, ...] | None = None
+        self._train_data: WindowDataset | None = None
+        self._holdout: WindowDataset | None = None
+        self._current_unit: int | None = None
+        self._history_units = history_units
+        self._next_sample = 0.0
+        self._next_flush = 0.0
+
+    # Lifecycle ------------------------------------------------------------------------------
+    def _status(self, state: str) -> bytes:
+        return encode_message(
+            DeviceStatus(
+                fleet=self.config.fleet,
+                device=self.config.device,
+                state="online" if state == "online" else "offline",
+                ts=self.clock(),
+                site=self.config.site,
+                agent_version=__version__,
+                model_version=self.model_version,
+                buffer_depth=self.store.unsent_count(),
+            )
+        )
+
+    def start(self) -> None:
+        """Backfill history if the store is new, connect, subscribe, announce online."""
+        if self._history_units and not self.store.failed_units():
+            now = self.clock()
+            for run in self.source.history(self._history_units):
+                ts = now - (run.n_cycles - np.arange(run.n_cycles)) * 60.0
+                self.store.append_unit(unit=run.unit, values=run.sensors, ts=ts.tolist(),
+                                       failed=True)
+        offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
+        self.transport.connect(
+            on_message=self._inbox.put,
+            will=Will(self.topics.status(self.config.device), encode_message(offline), retain=True),
+        )
+        self.transport.subscribe(self.topics.global_model)
+        self.transport.subscribe(self.topics.round_current)
+        self.transport.publish(self.topics.status(self.config.device), self._status("online"),
+                               retain=True)
+
+    def stop(self) -> None:
+        """Publish offline status and disconnect cleanly."""
+        try:
+            handle = self.transport.publish(
+                self.topics.status(self.config.device), self._status("offline"), retain=True
+            )
+            handle.wait(2.0)
+        except TransportError as exc:
+            log.warning("%s: could not publish offline status: %s", self.config.device, exc)
+        self._ack_telemetry(wait=2.0)
+        self.transport.close()
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set: the agent's whole life on one thread."""
+        self.start()
+        try:
+            while not stop.is_set():
+                self.step(timeout=0.05)
+        finally:
+            self.stop()
+
+    def step(self, *, timeout: float = 0.0) -> None:
+        """Do whatever is due: inbound messages, a sample, a telemetry flush, a round."""
+        try:
+            msg: InboundMessage | None = self._inbox.get(timeout=timeout) if timeout > 0 else \
+                self._inbox.get_nowait()
+        except queue.Empty:
+            msg = None
+        while msg is not None:
+            self._handle(msg)
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                msg = None
+        now = self.clock()
+        if self.config.sample_interval_s > 0 and now >= self._next_sample:
+            self._next_sample = now + self.config.sample_interval_s
+            self._sample(now)
+        if now >= self._next_flush:
+            self._next_flush = now + self.config.telemetry_interval_s
+            self._ack_telemetry(wait=0.0)
+            if self.flush_telemetry(now):
+                self.predict_and_publish()
+        if self._pending_round is not None:
+            self._try_round(self._pending_round)
+
+    # Inbound ---------------------------------------------------------------------------------
+    def _handle(self, msg: InboundMessage) -> None:
+        try:
+            if msg.topic == self.topics.global_model:
+                self._on_global(decode_frame(msg.payload, max_bytes=self.config.max_frame_bytes))
+            elif msg.topic == self.topics.round_current:
+                announcement = decode_message(RoundAnnouncement, msg.payload)
+                if announcement.fleet == self.config.fleet:
+                    self._pending_round = announcement
+        except (FrameError, MessageError) as exc:
+            self.stats.rejected_messages += 1
+            self.stats.last_error = str(exc)
+            log.warning("%s: ignored bad message on %s: %s", self.config.device, msg.topic, exc)
+
+    def _on_global(self, frame: Frame) -> None:
+        header = frame.header
+        if header.kind != "global" or header.fleet != self.config.fleet or header.version is None:
+            raise FrameError(f"not a global model for fleet {self.config.fleet}")
+        if header.model is None:
+            raise FrameError("global model frame carries no model spec")
+        if self.model_version is not None and header.version < self.model_version:
+            return  # an older retained copy: keep the newer model
+        spec: ModelSpec = header.model
+        if spec.n_features != len(self.source.sensor_names):
+            raise FrameError(
+                f"global model expects {spec.n_features} features, this device has "
+                f"{len(self.source.sensor_names)}"
+            )
+        model = self.model if self.model is not None and self.model.spec == spec else build_model(spec)
+        load_tensors(model, frame.tensors)
+        self.model = model
+        self.model_version = header.version
+        self.stats.models_received += 1
+        self.predict_and_publish()
+
+    # Sensing and telemetry ----------------------------------------------------------------------
+    def _sample(self, now: float) -> None:
+        sample = self.source.read()
+        if sample is None:
+            return
+        self.store.append(unit=sample.unit, cycle=sample.cycle, ts=now, values=sample.values)
+        self._current_unit = sample.unit
+        self.stats.readings += 1
+        if sample.failed:
+            self.store.mark_failed(sample.unit, sample.cycle + 1)
+
+    def flush_telemetry(self, now: float) -> int:
+        """Publish unsent readings in batches (QoS 1); returns how many were queued."""
+        queued = 0
+        names = self.source.sensor_names
+        inflight = {s for _, seqs in self._inflight for s in seqs}
+        while len(self._inflight) < _MAX_INFLIGHT_BATCHES:
+            rows = [
+                r for r in self.store.unsent(self.config.telemetry_batch + len(inflight))
+                if r.seq not in inflight
+            ][: self.config.telemetry_batch]
+            if not rows:
+                break
+            batch = TelemetryBatch(
+                fleet=self.config.fleet,
+                device=self.config.device,
+                site=self.config.site,
+                readings=[
+                    Reading(seq=r.seq, ts=r.ts, cycle=r.cycle,
+                            values={n: float(v) for n, v in zip(names, r.values, strict=True)})
+                    for r in rows
+                ],
+            )
+            try:
+                handle = self.transport.publish(
+                    self.topics.telemetry(self.config.device), encode_message(batch)
+                )
+            except TransportError as exc:
+                self.stats.last_error = str(exc)
+                break
+            seqs = [r.seq for r in rows]
+            self._inflight.append((handle, seqs))
+            inflight.update(seqs)
+            self.stats.telemetry_batches += 1
+            queued += len(rows)
+        return queued
+
+    def _ack_telemetry(self, *, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        done: list[int] = []
+        still: list[tuple[PublishHandle, list[int]]] = []
+        for handle, seqs in self._inflight:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                delivered = handle.wait(remaining) if remaining > 0 else handle.delivered
+            except TransportError as exc:
+                self.stats.last_error = str(exc)
+                delivered = False  # re-sent from the store on the next flush
+                seqs = []
+            if delivered:
+                done.extend(seqs)
+                self.stats.telemetry_acked += 1
+            elif seqs:
+                still.append((handle, seqs))
+        self._inflight = still
+        if done:
+            try:
+                self.store.mark_sent(done)
+            except StorageError as exc:
+                self.stats.last_error = str(exc)
+
+    # Learning ----------------------------------------------------------------------------------
+    def datasets(self, spec: ModelSpec) -> tuple[WindowDataset, WindowDataset]:
+        """Training and held-out windows from units that ran to failure (cached).
+
+        Every ``k``-th failed unit (k = 1/holdout_fraction) is held out, so the split
+        is stable as new units fail and the model is never validated on its own
+        training windows.
+        """
+        units = tuple(self.store.failed_units())
+        if units == self._dataset_key and self._train_data is not None and self._holdout is not None:
+            return self._train_data, self._holdout
+        every = round(1 / self.config.holdout_fraction) if self.config.holdout_fraction > 0 else 0
+        train, hold = [], []
+        for i, unit in enumerate(units):
+            data = self.store.unit_data(unit)
+            x, y = make_windows(data.values, np.minimum(data.rul(), spec.rul_cap),
+                                window=spec.window)
+            assert y is not None  # noqa: S101 - targets were given
+            target = hold if every and i % every == every - 1 else train
+            target.append(WindowDataset(x, y))
+        n_f = len(self.source.sensor_names)
+        self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window)
+        self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window)
+        self._dataset_key = units
+        return self._train_data, self._holdout
+
+    def _try_round(self, ann: RoundAnnouncement) -> None:
+        if ann.round_id in self._answered or self.clock() > ann.deadline:
+            self._pending_round = None
+            return
+        if ann.task != "stats" and (self.model is None or self.model_version != ann.base_version):
+            return  # wait for the round's base model (retained) to arrive
+        try:
+            frame = self._answer(ann)
+        except FedgeError as exc:
+            self.stats.last_error = str(exc)
+            log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, exc)
+            frame = None
+        self._answered.add(ann.round_id)
+        self._pending_round = None
+        if frame is None:
+            return
+        self.transport.publish(self.topics.update(ann.round_id, self.config.device), frame)
+        self.stats.rounds_answered += 1
+        self.stats.answered_rounds.append(ann.round_id)
+
+    def _header(self, ann: RoundAnnouncement, kind: str, n: int, metrics: dict[str, float]) -> FrameHeader:
+        return FrameHeader.model_validate(
+            {
+                "kind": kind,
+                "fleet": self.config.fleet,
+                "device": self.config.device,
+                "round_id": ann.round_id,
+                "base_version": ann.base_version,
+                "num_examples": n,
+                "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
+                "created_at": self.clock(),
+            }
+        )
+
+    def _answer(self, ann: RoundAnnouncement) -> bytes | None:
+        if ann.task == "stats":
+            stats = FeatureStats.combine(
+                FeatureStats.from_array(self.store.unit_data(u).values)
+                for u in self.store.failed_units()
+            ) if self.store.failed_units() else None
+            if stats is None or stats.count == 0:
+                return None
+            tensors = {
+                "count": np.array([stats.count], np.float64),
+                "sum": np.asarray(stats.sum, np.float64),
+                "sumsq": np.asarray(stats.sumsq, np.float64),
+            }
+            return encode_frame(self._header(ann, "stats", int(stats.count), {}), tensors)
+        assert self.model is not None  # noqa: S101 - checked by _try_round
+        train, holdout = self.datasets(self.model.spec)
+        if ann.task == "evaluate":
+            ev = evaluate(self.model, holdout)
+            if ev.num_examples == 0:
+                return None
+            metrics = {"rmse": ev.rmse, "mae": ev.mae}
+            return encode_frame(self._header(ann, "evaluation", ev.num_examples, metrics), {})
+        if len(train) == 0:
+            return None
+        before = evaluate(self.model, holdout)
+        base = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        local = build_model(self.model.spec)
+        local.load_state_dict(self.model.state_dict())
+        # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
+        seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
+        result = train_local(local, train, ann.training, seed=seed, reference=base)
+        metrics = {"train_loss": result.loss, "val_rmse": before.rmse,
+                   "val_examples": float(before.num_examples)}
+        return encode_frame(
+            self._header(ann, "update", result.num_examples, metrics),
+            state_tensors(local, trainable_only=True),
+        )
+
+    def predict_and_publish(self) -> Prediction | None:
+        """Predict on the latest window of the running unit and publish it."""
+        if self.model is None or self.model_version is None or self._current_unit is None:
+            return None
+        spec = self.model.spec
+        recent = self.store.latest(self._current_unit, spec.window)
+        if recent.shape[0] == 0:
+            return None
+        window = last_window(recent, window=spec.window)[None, ...]
+        rul, prob = predict(self.model, window)
+        prediction = Prediction(
+            fleet=self.config.fleet,
+            device=self.config.device,
+            ts=self.clock(),
+            model_version=self.model_version,
+            rul=float(rul[0]),
+            failure_probability=float(np.clip(prob[0], 0.0, 1.0)),
+            horizon=spec.horizon,
+            alert=bool(rul[0] < self.config.alert_rul),
+            unit=self._current_unit,
+        )
+        try:
+            self.transport.publish(self.topics.prediction(self.config.device), encode_message(prediction))
+        except TransportError as exc:
+            self.stats.last_error = str(exc)
+            return None
+        self.stats.predictions += 1
+        return prediction

@@ -1,0 +1,214 @@
+"""The agent's local store of readings: SQLite in WAL mode, bounded, store-and-forward.
+
+Every reading gets a per-device sequence number (``AUTOINCREMENT``: never reused,
+even after pruning) and stays flagged unsent until the broker acknowledged the
+telemetry batch that carried it, so a broker outage or a reboot loses nothing.
+Units that ran to failure carry their length, which labels their readings with
+remaining useful life for local training.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedge.errors import StorageError
+
+__all__ = ["ReadingStore", "StoredReading", "UnitData"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit  INTEGER NOT NULL,
+    cycle INTEGER NOT NULL,
+    ts    REAL    NOT NULL,
+    vals  BLOB    NOT NULL,
+    sent  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS readings_unsent ON readings (seq) WHERE sent = 0;
+CREATE INDEX IF NOT EXISTS readings_unit ON readings (unit, cycle);
+CREATE TABLE IF NOT EXISTS units (
+    unit     INTEGER PRIMARY KEY,
+    n_cycles INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    seq: int
+    unit: int
+    cycle: int
+    ts: float
+    values: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class UnitData:
+    """Readings of one unit in cycle order; ``n_cycles`` is set once the unit failed."""
+
+    unit: int
+    cycles: np.ndarray
+    values: np.ndarray
+    n_cycles: int | None
+
+    def rul(self) -> np.ndarray:
+        """Remaining useful life of each reading (only for failed units)."""
+        if self.n_cycles is None:
+            raise ValueError(f"unit {self.unit} has not failed; its RUL is unknown")
+        return (self.n_cycles - 1 - self.cycles).astype(np.float32)
+
+
+class ReadingStore:
+    """SQLite-backed, size-bounded reading store for one device."""
+
+    def __init__(self, path: Path | str, *, n_features: int, max_readings: int = 500_000) -> None:
+        self.path = str(path)
+        self.n_features = n_features
+        self.max_readings = max_readings
+        self.dropped_unsent = 0
+        try:
+            # The store is built on one thread and handed to the agent's thread, which
+            # then is its only user; sqlite3's same-thread guard would refuse that.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across application crashes in WAL mode; only power loss
+            # can cost the last transactions, which the broker then re-asks for anyway.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._check_features()
+            self._count = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open reading store {self.path}: {exc}") from exc
+
+    def _check_features(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='n_features'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('n_features', ?)", (str(self.n_features),))
+        elif int(row[0]) != self.n_features:
+            raise StorageError(
+                f"store {self.path} holds {row[0]} features per reading, source has {self.n_features}"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _blob(self, values: np.ndarray) -> bytes:
+        arr = np.asarray(values, dtype="<f4")
+        if arr.shape != (self.n_features,):
+            raise StorageError(f"reading has shape {arr.shape}, store expects ({self.n_features},)")
+        return arr.tobytes()
+
+    def append(self, *, unit: int, cycle: int, ts: float, values: np.ndarray) -> int:
+        """Store one reading; returns its sequence number."""
+        try:
+            cur = self._db.execute(
+                "INSERT INTO readings (unit, cycle, ts, vals) VALUES (?, ?, ?, ?)",
+                (unit, cycle, ts, self._blob(values)),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot store reading: {exc}") from exc
+        self._count += 1
+        self._enforce_bound()
+        assert cur.lastrowid is not None  # noqa: S101 - INSERT always sets it
+        return int(cur.lastrowid)
+
+    def append_unit(
+        self, *, unit: int, values: np.ndarray, ts: Sequence[float], failed: bool, sent: bool = True
+    ) -> None:
+        """Bulk-store a whole unit (e.g. history logged before the agent ran)."""
+        rows = [
+            (unit, i, float(ts[i]), self._blob(values[i]), int(sent)) for i in range(values.shape[0])
+        ]
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO readings (unit, cycle, ts, vals, sent) VALUES (?, ?, ?, ?, ?)", rows
+                )
+                if failed:
+                    self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (unit, len(rows)))
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot store unit {unit}: {exc}") from exc
+        self._count += len(rows)
+        self._enforce_bound()
+
+    def mark_failed(self, unit: int, n_cycles: int) -> None:
+        """Record that ``unit`` failed after ``n_cycles`` cycles (labels its readings)."""
+        try:
+            self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (unit, n_cycles))
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot mark unit {unit} failed: {exc}") from exc
+
+    def failed_units(self) -> list[int]:
+        return [int(r[0]) for r in self._db.execute("SELECT unit FROM units ORDER BY unit")]
+
+    def unit_data(self, unit: int) -> UnitData:
+        rows = self._db.execute(
+            "SELECT cycle, vals FROM readings WHERE unit = ? ORDER BY cycle", (unit,)
+        ).fetchall()
+        n = self._db.execute("SELECT n_cycles FROM units WHERE unit = ?", (unit,)).fetchone()
+        cycles = np.array([r[0] for r in rows], dtype=np.int64)
+        values = (
+            np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.n_features)
+            if rows
+            else np.zeros((0, self.n_features), np.float32)
+        )
+        return UnitData(unit, cycles, values.astype(np.float32), None if n is None else int(n[0]))
+
+    def latest(self, unit: int, count: int) -> np.ndarray:
+        """The last ``count`` readings of ``unit`` in cycle order, shape (<=count, F)."""
+        rows = self._db.execute(
+            "SELECT vals FROM readings WHERE unit = ? ORDER BY cycle DESC LIMIT ?", (unit, count)
+        ).fetchall()
+        if not rows:
+            return np.zeros((0, self.n_features), np.float32)
+        data = np.frombuffer(b"".join(r[0] for r in reversed(rows)), dtype="<f4")
+        return data.reshape(len(rows), self.n_features).astype(np.float32)
+
+    def unsent(self, limit: int) -> list[StoredReading]:
+        """Oldest readings not yet acknowledged by the broker."""
+        rows = self._db.execute(
+            "SELECT seq, unit, cycle, ts, vals FROM readings WHERE sent = 0 ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            StoredReading(r[0], r[1], r[2], r[3], np.frombuffer(r[4], dtype="<f4").copy()) for r in rows
+        ]
+
+    def unsent_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM readings WHERE sent = 0").fetchone()[0])
+
+    def mark_sent(self, seqs: Iterable[int]) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "UPDATE readings SET sent = 1 WHERE seq = ?", [(s,) for s in seqs]
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot mark readings sent: {exc}") from exc
+
+    def _enforce_bound(self) -> None:
+        excess = self._count - self.max_readings
+        if excess <= 0:
+            return
+        # Prune a little more than needed so this runs rarely; sent readings go first,
+        # oldest first; unsent ones only if the store is full of them (counted).
+        excess += max(1, self.max_readings // 100)
+        with self._db:
+            self._db.execute("BEGIN")
+            victims = self._db.execute(
+                "SELECT seq, sent FROM readings ORDER BY sent DESC, seq ASC LIMIT ?", (excess,)
+            ).fetchall()
+            self._db.executemany("DELETE FROM readings WHERE seq = ?", [(v[0],) for v in victims])
+        self.dropped_unsent += sum(1 for v in victims if v[1] == 0)
+        self._count -= len(victims)

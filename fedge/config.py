@@ -1,0 +1,198 @@
+"""Configuration: frozen pydantic models, from TOML files, environment and options.
+
+Precedence, highest first: explicit keyword arguments (CLI options), environment
+variables (``FEDGE_AGENT_*`` / ``FEDGE_AGGREGATOR_*``, nested with ``__``), the TOML
+file given with ``--config``, defaults. Every failure is a :class:`ConfigError`
+naming the offending field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from fedge.errors import ConfigError
+from fedge.messages import Identifier, TrainingConfig
+
+__all__ = [
+    "AgentConfig",
+    "AggregatorConfig",
+    "BrokerEndpoint",
+    "ModelSpec",
+    "load_config",
+]
+
+_TOML_DATA: ContextVar[dict[str, Any] | None] = ContextVar("_TOML_DATA", default=None)
+
+
+class BrokerEndpoint(BaseModel):
+    """Where and how to reach the MQTT broker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+
+    @classmethod
+    def from_url(cls, url: str, **extra: Any) -> BrokerEndpoint:
+        """Parse ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"broker URL {url!r}: {exc}") from exc
+        if not parts.hostname:
+            raise ConfigError(f"broker URL {url!r} has no host")
+        try:
+            return cls(
+                host=parts.hostname,
+                port=port or (8883 if tls else 1883),
+                tls=tls,
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                **extra,
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"broker URL {url!r}: {exc}") from exc
+
+    @property
+    def url(self) -> str:
+        """The URL without credentials (safe to log)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+class ModelSpec(BaseModel):
+    """The architecture of the fleet's model; travels in the global model frame."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["cnn", "gru"] = "cnn"
+    n_features: Annotated[int, Field(ge=1, le=256)] = 14
+    window: Annotated[int, Field(ge=4, le=512)] = 30
+    hidden: Annotated[int, Field(ge=4, le=256)] = 32
+    rul_cap: Annotated[float, Field(gt=0)] = 125.0
+    horizon: Annotated[int, Field(ge=1)] = 30
+
+
+class _FedgeSettings(BaseSettings):
+    """Settings base: frozen, unknown keys refused, TOML file as the lowest source."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_nested_delimiter="__")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _TOML_DATA.get() or {}
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=toml))
+
+
+class AgentConfig(_FedgeSettings):
+    """Everything an edge agent needs. Env prefix ``FEDGE_AGENT_``."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDGE_AGENT_")
+
+    fleet: Identifier = "demo"
+    device: Identifier
+    site: Identifier | None = None
+    broker: BrokerEndpoint = BrokerEndpoint()
+    store_path: Path = Path("fedge-agent.sqlite")
+    store_max_readings: Annotated[int, Field(ge=1000)] = 500_000
+    holdout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    telemetry_batch: Annotated[int, Field(ge=1, le=10_000)] = 50
+    telemetry_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    sample_interval_s: Annotated[float, Field(ge=0)] = 0.1
+    alert_rul: Annotated[float, Field(ge=0)] = 30.0
+    max_frame_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
+    seed: int = 0
+
+
+class AggregatorConfig(_FedgeSettings):
+    """Everything the aggregator needs. Env prefix ``FEDGE_AGGREGATOR_``."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDGE_AGGREGATOR_")
+
+    fleet: Identifier = "demo"
+    broker: BrokerEndpoint = BrokerEndpoint()
+    rounds: Annotated[int, Field(ge=1)] | None = 10
+    min_clients: Annotated[int, Field(ge=1)] = 2
+    target_clients: Annotated[int, Field(ge=1)] | None = None
+    round_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    strategy: str = "fedavg"
+    strategy_options: dict[str, float] = Field(default_factory=dict)
+    training: TrainingConfig = TrainingConfig()
+    model: ModelSpec = ModelSpec()
+    checkpoint_dir: Path = Path("fedge-checkpoints")
+    max_update_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
+    allowed_devices: frozenset[Identifier] | None = None
+    federated_stats: bool = True
+    final_evaluation: bool = True
+    seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from fedge.strategies import STRATEGIES  # local: strategies import torch-free numpy only
+
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; choose one of {sorted(STRATEGIES)}")
+        return value
+
+
+S = TypeVar("S", bound=_FedgeSettings)
+
+
+def load_config(cls: type[S], path: Path | None = None, **overrides: Any) -> S:
+    """Build ``cls`` from an optional TOML file, the environment and ``overrides``.
+
+    ``None`` overrides are ignored so CLI options that were not given fall through
+    to the environment and the file.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    token = _TOML_DATA.set(data)
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        ]
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid {cls.__name__}{source}: " + "; ".join(lines)) from exc
+    finally:
+        _TOML_DATA.reset(token)

@@ -1,0 +1,169 @@
+"""JSON messages of wire protocol v1 (pydantic models at the trust boundary).
+
+Model weights travel in binary frames (:mod:`fedge.codec`); everything else is a
+small JSON document validated by one of the models here. Decoding checks the size
+first, then the schema; NaN and infinity are refused everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from fedge.errors import MessageError
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "DeviceStatus",
+    "Prediction",
+    "Reading",
+    "RoundAnnouncement",
+    "RoundSummary",
+    "RoundTask",
+    "TelemetryBatch",
+    "TrainingConfig",
+    "WireModel",
+    "decode_message",
+    "encode_message",
+]
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""Default upper bound for a JSON message; larger payloads are refused unparsed."""
+
+Identifier = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+]
+SensorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+# Unix seconds between 2000-01-01 and 2100-01-01: anything else is a broken clock.
+Timestamp = Annotated[float, Field(ge=946_684_800.0, le=4_102_444_800.0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+RoundTask = Literal["train", "evaluate", "stats"]
+
+
+class WireModel(BaseModel):
+    """Base for every wire message: frozen, unknown fields refused, no NaN/Inf."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=False)
+
+
+class TrainingConfig(WireModel):
+    """Local training settings the aggregator sends with each round."""
+
+    epochs: Annotated[int, Field(ge=1, le=100)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
+    proximal_mu: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
+    max_examples: Annotated[int, Field(ge=1)] | None = None
+
+
+class RoundAnnouncement(WireModel):
+    """Retained on ``rounds/current``: what the fleet should do now."""
+
+    fleet: Identifier
+    round_id: NonNegInt
+    task: RoundTask = "train"
+    base_version: NonNegInt
+    issued_at: Timestamp
+    deadline: Timestamp
+    min_clients: Annotated[int, Field(ge=1)]
+    training: TrainingConfig = TrainingConfig()
+    codec: Literal["safetensors"] = "safetensors"
+    max_update_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
+
+
+class DeviceStatus(WireModel):
+    """Retained on ``devices/<device>/status``; the last will publishes ``state='offline'``."""
+
+    fleet: Identifier
+    device: Identifier
+    state: Literal["online", "offline"]
+    ts: Timestamp | None = None
+    site: Identifier | None = None
+    agent_version: str | None = Field(default=None, max_length=64)
+    model_version: NonNegInt | None = None
+    buffer_depth: NonNegInt | None = None
+    cpu_percent: Annotated[float, Field(ge=0.0, le=10_000.0)] | None = None
+    memory_mb: Annotated[float, Field(ge=0.0)] | None = None
+
+
+class Reading(WireModel):
+    """One sample from one machine: device timestamp, per-device sequence number, sensors."""
+
+    seq: NonNegInt
+    ts: Timestamp
+    cycle: NonNegInt | None = None
+    values: dict[SensorName, float] = Field(max_length=256)
+
+
+class TelemetryBatch(WireModel):
+    """A batch of readings from one device, published on ``devices/<device>/telemetry``."""
+
+    fleet: Identifier
+    device: Identifier
+    site: Identifier | None = None
+    unit: NonNegInt | None = None
+    readings: list[Reading] = Field(min_length=1, max_length=10_000)
+
+
+class Prediction(WireModel):
+    """A device's latest inference, published on ``devices/<device>/prediction``."""
+
+    fleet: Identifier
+    device: Identifier
+    ts: Timestamp
+    model_version: NonNegInt
+    rul: Annotated[float, Field(ge=0.0)]
+    failure_probability: Annotated[float, Field(ge=0.0, le=1.0)]
+    horizon: Annotated[int, Field(ge=1)]
+    alert: bool = False
+    unit: NonNegInt | None = None
+
+
+class RoundSummary(WireModel):
+    """Published by the aggregator on ``rounds/summary`` when a round closes."""
+
+    fleet: Identifier
+    round_id: NonNegInt
+    task: RoundTask
+    ts: Timestamp
+    outcome: Literal["completed", "failed"]
+    version: NonNegInt
+    participants: NonNegInt
+    rejected: NonNegInt = 0
+    rejected_by_reason: dict[Annotated[str, Field(max_length=64)], NonNegInt] = Field(
+        default_factory=dict
+    )
+    num_examples: NonNegInt = 0
+    train_loss: float | None = None
+    val_error: float | None = None
+    val_examples: NonNegInt = 0
+    bytes_received: NonNegInt = 0
+    duration_s: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def encode_message(message: WireModel) -> bytes:
+    """Serialise a wire message to compact UTF-8 JSON."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def decode_message(
+    model: type[M], payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES
+) -> M:
+    """Parse ``payload`` as ``model``; size-checked before parsing. Raises MessageError."""
+    if len(payload) > max_bytes:
+        raise MessageError(
+            f"{model.__name__} message of {len(payload)} bytes exceeds limit {max_bytes}"
+        )
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        # Keep the reason short and single-line: it ends up in logs and counters.
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise MessageError(
+            f"invalid {model.__name__}: {where}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from exc

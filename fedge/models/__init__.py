@@ -1,0 +1,25 @@
+"""Small fault-prediction models (RUL regression + failure-within-horizon head).
+
+Every model takes windows shaped ``(batch, window, features)`` and returns
+``(rul, failure_logit)``, each shaped ``(batch,)``. Inputs are normalised inside
+the model with the ``input_mean``/``input_std`` buffers that the federated
+statistics round fills in, so the normalisation travels with the weights.
+"""
+
+from fedge.models.base import (
+    FaultModel,
+    build_model,
+    count_parameters,
+    load_tensors,
+    state_tensors,
+    trainable_names,
+)
+
+__all__ = [
+    "FaultModel",
+    "build_model",
+    "count_parameters",
+    "load_tensors",
+    "state_tensors",
+    "trainable_names",
+]

@@ -1,0 +1,95 @@
+"""Model factory and conversions between torch modules and named numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedge.config import ModelSpec
+from fedge.errors import FrameError
+
+__all__ = [
+    "FaultModel",
+    "build_model",
+    "count_parameters",
+    "load_tensors",
+    "state_tensors",
+    "trainable_names",
+]
+
+
+class FaultModel(nn.Module):
+    """Base: normalisation buffers, a backbone producing features, two heads."""
+
+    def __init__(self, spec: ModelSpec, feature_dim: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("input_mean", torch.zeros(spec.n_features))
+        self.register_buffer("input_std", torch.ones(spec.n_features))
+        self.rul_head = nn.Linear(feature_dim, 1)
+        self.fail_head = nn.Linear(feature_dim, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (x - self.input_mean) / self.input_std
+        h = self.features(x)
+        # RUL is learnt on the [0, 1] scale of rul/rul_cap; scaled back here so the
+        # output is in cycles everywhere outside the model.
+        rul = self.rul_head(h).squeeze(-1) * self.spec.rul_cap
+        return rul, self.fail_head(h).squeeze(-1)
+
+
+def build_model(spec: ModelSpec, *, seed: int = 0) -> FaultModel:
+    """Build the model ``spec`` names, with deterministic initial weights."""
+    from fedge.models.cnn import CnnModel
+    from fedge.models.gru import GruModel
+
+    torch.manual_seed(seed)
+    if spec.name == "cnn":
+        return CnnModel(spec)
+    return GruModel(spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the tensors that local training changes (what updates carry)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def state_tensors(model: nn.Module, *, trainable_only: bool = False) -> dict[str, np.ndarray]:
+    """The model's state as named float32 numpy arrays (copies)."""
+    names = set(trainable_names(model)) if trainable_only else None
+    return {
+        name: t.detach().cpu().numpy().copy()
+        for name, t in model.state_dict().items()
+        if names is None or name in names
+    }
+
+
+def load_tensors(model: nn.Module, tensors: Mapping[str, np.ndarray], *, strict: bool = True) -> None:
+    """Load named arrays into ``model``; shapes must match exactly."""
+    state = model.state_dict()
+    if strict and set(tensors) != set(state):
+        missing = sorted(set(state) - set(tensors))
+        extra = sorted(set(tensors) - set(state))
+        raise FrameError(f"model tensors do not match: missing {missing}, unexpected {extra}")
+    for name, array in tensors.items():
+        if name not in state:
+            raise FrameError(f"unexpected tensor {name!r}")
+        if tuple(state[name].shape) != tuple(array.shape):
+            raise FrameError(
+                f"tensor {name!r} has shape {tuple(array.shape)}, model expects "
+                f"{tuple(state[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, array in tensors.items():
+            state[name].copy_(torch.from_numpy(np.asarray(array, dtype=np.float32)))

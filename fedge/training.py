@@ -1,0 +1,142 @@
+"""Local training, evaluation and inference on windowed sensor data (no I/O).
+
+The same functions serve the edge agent, the centralised baseline and the
+benchmarks, so federated and central numbers are computed the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedge.messages import TrainingConfig
+from fedge.models import FaultModel
+
+__all__ = ["Evaluation", "TrainResult", "WindowDataset", "evaluate", "predict", "train_local"]
+
+# The failure head is auxiliary; the RUL regression is what the fleet is scored on.
+_FAILURE_LOSS_WEIGHT = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class WindowDataset:
+    """Windows ``x`` (N, W, F) float32 with RUL labels ``rul`` (N,) in cycles."""
+
+    x: np.ndarray
+    rul: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 3 or self.rul.shape != (self.x.shape[0],):
+            raise ValueError(f"windows {self.x.shape} and labels {self.rul.shape} do not match")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @classmethod
+    def concat(cls, parts: list[WindowDataset], *, n_features: int, window: int) -> WindowDataset:
+        """Concatenate datasets (an empty list gives an empty dataset of the right shape)."""
+        if not parts:
+            return cls(np.zeros((0, window, n_features), np.float32), np.zeros(0, np.float32))
+        return cls(np.concatenate([p.x for p in parts]), np.concatenate([p.rul for p in parts]))
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    loss: float
+    num_examples: int
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Errors in cycles; ``rmse`` is the fleet's headline validation error."""
+
+    rmse: float
+    mae: float
+    num_examples: int
+
+
+def _targets(model: FaultModel, rul: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    capped = rul.clamp(max=model.spec.rul_cap)
+    failing = (rul <= model.spec.horizon).to(torch.float32)
+    return capped, failing
+
+
+def train_local(
+    model: FaultModel,
+    data: WindowDataset,
+    config: TrainingConfig,
+    *,
+    seed: int = 0,
+    reference: Mapping[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``config.epochs`` epochs of shuffled mini-batches.
+
+    ``reference`` (the global weights) with ``config.proximal_mu > 0`` adds FedProx's
+    proximal term mu/2 * ||w - w_global||^2, keeping non-IID clients from drifting.
+    """
+    n = len(data)
+    if n == 0:
+        return TrainResult(loss=math.nan, num_examples=0, steps=0)
+    if config.max_examples is not None and n > config.max_examples:
+        keep = np.random.default_rng(seed).choice(n, config.max_examples, replace=False)
+        data = WindowDataset(data.x[keep], data.rul[keep])
+        n = len(data)
+    x = torch.from_numpy(data.x)
+    rul, failing = _targets(model, torch.from_numpy(data.rul))
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
+    cap = model.spec.rul_cap
+    mu = config.proximal_mu
+    params = dict(model.named_parameters())
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            pred_rul, fail_logit = model(x[idx])
+            loss = mse(pred_rul / cap, rul[idx] / cap) + _FAILURE_LOSS_WEIGHT * bce(
+                fail_logit, failing[idx]
+            )
+            if reference is not None and mu > 0:
+                prox = sum(((params[k] - reference[k]) ** 2).sum() for k in reference)
+                loss = loss + 0.5 * mu * prox
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach())
+            steps += 1
+    model.eval()
+    return TrainResult(loss=total / steps, num_examples=n, steps=steps)
+
+
+@torch.no_grad()
+def predict(model: FaultModel, x: np.ndarray, *, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted RUL (cycles, clipped at 0) and failure probability for windows ``x``."""
+    model.eval()
+    ruls, probs = [], []
+    for start in range(0, x.shape[0], batch_size):
+        rul, logit = model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])))
+        ruls.append(rul.clamp(min=0.0).numpy())
+        probs.append(torch.sigmoid(logit).numpy())
+    if not ruls:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(ruls), np.concatenate(probs)
+
+
+def evaluate(model: FaultModel, data: WindowDataset) -> Evaluation:
+    """RMSE and MAE (cycles) of the RUL head against labels capped like training targets."""
+    if len(data) == 0:
+        return Evaluation(rmse=math.nan, mae=math.nan, num_examples=0)
+    pred, _ = predict(model, data.x)
+    err = pred - np.minimum(data.rul, model.spec.rul_cap)
+    return Evaluation(
+        rmse=float(np.sqrt(np.mean(err**2))), mae=float(np.mean(np.abs(err))), num_examples=len(data)
+    )

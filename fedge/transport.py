@@ -1,0 +1,211 @@
+"""The transport seam: what the agent and the aggregator need from an MQTT client.
+
+The agent and the aggregator never import paho; they receive an object that
+satisfies :class:`Transport`. ``broker.mqtt_transport.PahoTransport`` is the real
+one; :class:`InMemoryBroker` here gives in-process transports with MQTT's
+semantics (retained messages, ``+``/``#`` filters, last will) for unit tests and
+for simulating hundreds of devices in one process.
+
+Callbacks run on the transport's thread. Handlers must be quick: hand the
+message to a queue and return (the agent and aggregator do exactly that).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from paho.mqtt.client import topic_matches_sub
+
+from fedge.errors import TransportError
+
+__all__ = [
+    "InMemoryBroker",
+    "InMemoryTransport",
+    "InboundMessage",
+    "MessageCallback",
+    "PublishHandle",
+    "Transport",
+    "Will",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message delivered to a subscriber."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: int = 1
+
+
+MessageCallback = Callable[[InboundMessage], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """Last will: published by the broker if the client disappears without a clean close."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class PublishHandle(Protocol):
+    """Tracks one publish. For QoS 1 ``delivered`` turns true on the broker's PUBACK."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; return whether the broker has the message."""
+        ...
+
+    @property
+    def delivered(self) -> bool: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A connected MQTT session as the agent and the aggregator see it."""
+
+    def connect(self, *, on_message: MessageCallback, will: Will | None = None) -> None:
+        """Connect (blocking until the session is up) and route inbound messages to ``on_message``."""
+        ...
+
+    def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        """Subscribe; the subscription is restored after reconnects."""
+        ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> PublishHandle:
+        """Queue a publish and return a handle to wait for its acknowledgement."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect cleanly (the will is not published)."""
+        ...
+
+
+# In-process implementation ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Delivered:
+    """Handle for an in-memory publish: the broker took it synchronously."""
+
+    @property
+    def delivered(self) -> bool:
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        return True
+
+
+@dataclass(slots=True)
+class _Session:
+    client_id: str
+    on_message: MessageCallback
+    will: Will | None
+    filters: dict[str, int] = field(default_factory=dict)
+
+
+class InMemoryBroker:
+    """A thread-safe in-process message router with MQTT 3.1.1 semantics that fedge relies on.
+
+    Retained messages are kept per topic (an empty retained payload clears one),
+    subscribers get matching retained messages on subscribe, and :meth:`drop`
+    simulates a crashed client so its will is published.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._sessions: dict[str, _Session] = {}
+        self._retained: dict[str, bytes] = {}
+        self.published_bytes = 0
+        self.published_count = 0
+
+    def transport(self, client_id: str) -> InMemoryTransport:
+        """A new transport for ``client_id`` on this broker."""
+        return InMemoryTransport(self, client_id)
+
+    def _attach(self, session: _Session) -> None:
+        with self._lock:
+            if session.client_id in self._sessions:
+                # MQTT takes over the session of a client id that connects twice.
+                self._sessions.pop(session.client_id)
+            self._sessions[session.client_id] = session
+
+    def _detach(self, client_id: str, *, publish_will: bool) -> None:
+        with self._lock:
+            session = self._sessions.pop(client_id, None)
+        if session is not None and publish_will and session.will is not None:
+            will = session.will
+            self._route(will.topic, will.payload, retain=will.retain, qos=will.qos)
+
+    def drop(self, client_id: str) -> None:
+        """Simulate an abrupt disconnect of ``client_id`` (its will is published)."""
+        self._detach(client_id, publish_will=True)
+
+    def _subscribe(self, client_id: str, topic_filter: str, qos: int) -> None:
+        with self._lock:
+            session = self._sessions.get(client_id)
+            if session is None:
+                raise TransportError(f"client {client_id!r} is not connected")
+            session.filters[topic_filter] = qos
+            retained = [
+                (t, p) for t, p in self._retained.items() if topic_matches_sub(topic_filter, t)
+            ]
+        for topic, payload in retained:
+            session.on_message(InboundMessage(topic, payload, retain=True, qos=qos))
+
+    def _route(self, topic: str, payload: bytes, *, retain: bool, qos: int) -> None:
+        if "+" in topic or "#" in topic:
+            raise TransportError(f"cannot publish to a wildcard topic: {topic!r}")
+        with self._lock:
+            self.published_count += 1
+            self.published_bytes += len(payload)
+            if retain:
+                if payload:
+                    self._retained[topic] = payload
+                else:
+                    self._retained.pop(topic, None)
+            targets = [
+                (s, max(q for f, q in s.filters.items() if topic_matches_sub(f, topic)))
+                for s in self._sessions.values()
+                if any(topic_matches_sub(f, topic) for f in s.filters)
+            ]
+        for session, sub_qos in targets:
+            # Retain flag is cleared on live delivery, as a real broker does.
+            session.on_message(InboundMessage(topic, payload, retain=False, qos=min(qos, sub_qos)))
+
+
+class InMemoryTransport:
+    """A :class:`Transport` attached to an :class:`InMemoryBroker`."""
+
+    def __init__(self, broker: InMemoryBroker, client_id: str) -> None:
+        self._broker = broker
+        self.client_id = client_id
+        self._connected = False
+
+    def connect(self, *, on_message: MessageCallback, will: Will | None = None) -> None:
+        self._broker._attach(_Session(self.client_id, on_message, will))
+        self._connected = True
+
+    def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        self._broker._subscribe(self.client_id, topic_filter, qos)
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> PublishHandle:
+        if not self._connected:
+            raise TransportError(f"client {self.client_id!r} is not connected")
+        self._broker._route(topic, payload, retain=retain, qos=qos)
+        return _Delivered()
+
+    def close(self) -> None:
+        if self._connected:
+            self._connected = False
+            self._broker._detach(self.client_id, publish_will=False)
