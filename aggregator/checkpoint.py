@@ -64,8 +64,9 @@ class CheckpointStore:
             os.close(fd)
             tmp = Path(tmp_name)
             try:
-                save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
-                          metadata=metadata)
+                save_file(
+                    {k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata
+                )
                 with tmp.open("rb") as fh:
                     os.fsync(fh.fileno())
                 if self.latest_path.exists():
@@ -95,7 +96,7 @@ class CheckpointStore:
             spec = ModelSpec.model_validate(json.loads(metadata["model_spec"]))
             model = {k: v for k, v in tensors.items() if not k.startswith(_STRATEGY_PREFIX)}
             state = {
-                k[len(_STRATEGY_PREFIX):]: v
+                k[len(_STRATEGY_PREFIX) :]: v
                 for k, v in tensors.items()
                 if k.startswith(_STRATEGY_PREFIX)
             }

@@ -49,7 +49,7 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.strategies import Strategy, StreamingMean
-from fedge.topics import Topics, TopicKind, parse_topic
+from fedge.topics import TopicKind, Topics, parse_topic
 from fedge.validation import RoundExpectation, UpdateValidator
 
 __all__ = ["Effect", "Phase", "Publish", "RoundClosed", "RoundCoordinator", "SaveCheckpoint"]
@@ -130,9 +130,7 @@ class RoundCoordinator:
         self.trainable = list(trainable)
         if initial.strategy_state:
             strategy.load_state(initial.strategy_state)
-        self.validator = UpdateValidator(
-            fleet=config.fleet, allowed_devices=config.allowed_devices
-        )
+        self.validator = UpdateValidator(fleet=config.fleet, allowed_devices=config.allowed_devices)
         self.phase = Phase.WAITING
         self.online: dict[str, DeviceStatus] = {}
         self.open: _OpenRound | None = None
@@ -159,7 +157,9 @@ class RoundCoordinator:
             self._count_reject(RejectReason.MALFORMED, f"status from {device}: {exc}")
             return []
         if status.device != device or status.fleet != self.config.fleet:
-            self._count_reject(RejectReason.TOPIC_MISMATCH, f"status on {device} names {status.device}")
+            self._count_reject(
+                RejectReason.TOPIC_MISMATCH, f"status on {device} names {status.device}"
+            )
             return []
         allowed = self.config.allowed_devices
         if allowed is not None and device not in allowed:
@@ -180,7 +180,9 @@ class RoundCoordinator:
             current.bytes_received += len(payload)
         try:
             parsed = parse_topic(topic)
-            max_bytes = current.announcement.max_update_bytes if current else self.config.max_update_bytes
+            max_bytes = (
+                current.announcement.max_update_bytes if current else self.config.max_update_bytes
+            )
             frame = decode_frame(payload, max_bytes=max_bytes)
             if current is None:
                 raise UpdateRejectedError(RejectReason.WRONG_ROUND, "no round is open")
@@ -206,8 +208,11 @@ class RoundCoordinator:
             current = self.open
             everyone = bool(current.expected) and current.expected <= current.received
             target = self.config.target_clients
-            if everyone or (target is not None and len(current.received) >= target) or \
-                    now >= current.announcement.deadline:
+            if (
+                everyone
+                or (target is not None and len(current.received) >= target)
+                or now >= current.announcement.deadline
+            ):
                 return self._close(now)
         return []
 
@@ -263,7 +268,9 @@ class RoundCoordinator:
             accumulator=accumulator,
         )
         self.phase = Phase.COLLECTING
-        log.info("round %d (%s) announced to %d devices", self.last_round_id, task, len(self.online))
+        log.info(
+            "round %d (%s) announced to %d devices", self.last_round_id, task, len(self.online)
+        )
         return [Publish(self.topics.round_current, encode_message(announcement), retain=True)]
 
     def _accept(self, current: _OpenRound, device: str, frame: Frame) -> None:
@@ -285,7 +292,9 @@ class RoundCoordinator:
         else:
             t = frame.tensors
             current.stats_count += float(t["count"][0])
-            current.stats_sum = t["sum"] if current.stats_sum is None else current.stats_sum + t["sum"]
+            current.stats_sum = (
+                t["sum"] if current.stats_sum is None else current.stats_sum + t["sum"]
+            )
             current.stats_sumsq = (
                 t["sumsq"] if current.stats_sumsq is None else current.stats_sumsq + t["sumsq"]
             )
@@ -350,8 +359,14 @@ class RoundCoordinator:
             duration_s=max(0.0, now - current.announcement.issued_at),
         )
         self.history.append(summary)
-        log.info("round %d (%s) %s: %d participants, val_error=%s", summary.round_id, task,
-                 summary.outcome, participants, val_error)
+        log.info(
+            "round %d (%s) %s: %d participants, val_error=%s",
+            summary.round_id,
+            task,
+            summary.outcome,
+            participants,
+            val_error,
+        )
         effects.append(Publish(self.topics.round_summary, encode_message(summary)))
         effects.append(RoundClosed(summary))
         effects.extend(self._maybe_announce(now))

@@ -53,12 +53,17 @@ class AggregatorService:
         initial = self.checkpoints.load_latest()
         if initial is None:
             initial = Checkpoint(
-                fleet=self.config.fleet, version=0, round_id=-1, spec=self.config.model,
-                tensors=state_tensors(model), stats_done=False,
+                fleet=self.config.fleet,
+                version=0,
+                round_id=-1,
+                spec=self.config.model,
+                tensors=state_tensors(model),
+                stats_done=False,
             )
         else:
-            log.info("resuming from checkpoint: version %d, round %d", initial.version,
-                     initial.round_id)
+            log.info(
+                "resuming from checkpoint: version %d, round %d", initial.version, initial.round_id
+            )
             if initial.spec != self.config.model:
                 log.warning("checkpoint model spec differs from config; using the checkpoint's")
                 model = build_model(initial.spec)
@@ -76,8 +81,9 @@ class AggregatorService:
     def _execute(self, effects: list[Publish | SaveCheckpoint | RoundClosed]) -> None:
         for effect in effects:
             if isinstance(effect, Publish):
-                self.transport.publish(effect.topic, effect.payload, qos=effect.qos,
-                                       retain=effect.retain)
+                self.transport.publish(
+                    effect.topic, effect.payload, qos=effect.qos, retain=effect.retain
+                )
             elif isinstance(effect, SaveCheckpoint):
                 self.checkpoints.save(effect.checkpoint)
             elif self.on_round is not None:
@@ -112,7 +118,9 @@ class AggregatorService:
                 msg = None
         self._execute(self.coordinator.tick(self.clock()))
 
-    def run(self, *, stop: threading.Event | None = None, timeout: float | None = None) -> list[RoundSummary]:
+    def run(
+        self, *, stop: threading.Event | None = None, timeout: float | None = None
+    ) -> list[RoundSummary]:
         """Run until all rounds are done, ``stop`` is set, or ``timeout`` seconds pass."""
         stop = stop or threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout

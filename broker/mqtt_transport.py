@@ -27,8 +27,11 @@ __all__ = ["PahoTransport"]
 
 log = logging.getLogger(__name__)
 
-_PENDING_RCS = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN,
-                MQTTErrorCode.MQTT_ERR_AGAIN)
+_PENDING_RCS = (
+    MQTTErrorCode.MQTT_ERR_SUCCESS,
+    MQTTErrorCode.MQTT_ERR_NO_CONN,
+    MQTTErrorCode.MQTT_ERR_AGAIN,
+)
 
 
 class _PahoPublishHandle:
@@ -107,6 +110,7 @@ class PahoTransport:
         self._connected = threading.Event()
         self._refused: str | None = None
         self._loop_started = False
+        self._pending: list[_PahoPublishHandle] = []
         self.reconnects = 0
 
     @property
@@ -141,8 +145,11 @@ class PahoTransport:
         if callback is None:
             return
         try:
-            callback(InboundMessage(msg.topic, bytes(msg.payload), retain=bool(msg.retain),
-                                    qos=int(msg.qos)))
+            callback(
+                InboundMessage(
+                    msg.topic, bytes(msg.payload), retain=bool(msg.retain), qos=int(msg.qos)
+                )
+            )
         except Exception:
             # An exception escaping here would kill paho's network thread.
             log.exception("message handler failed for %s", msg.topic)
@@ -164,8 +171,9 @@ class PahoTransport:
         while not self._connected.wait(0.05):
             if self._refused is not None:
                 self._stop_loop()
-                raise TransportError(f"broker {self.endpoint.url} refused connection: "
-                                     f"{self._refused}")
+                raise TransportError(
+                    f"broker {self.endpoint.url} refused connection: {self._refused}"
+                )
             if time.monotonic() > deadline:
                 self._stop_loop()
                 raise TransportError(
@@ -190,16 +198,31 @@ class PahoTransport:
             raise TransportError(f"cannot publish to {topic!r}: {exc}") from exc
         if info.rc not in _PENDING_RCS:
             raise TransportError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
-        return _PahoPublishHandle(info)
+        handle = _PahoPublishHandle(info)
+        if qos > 0:
+            with self._lock:
+                self._pending = [h for h in self._pending if not h.delivered]
+                self._pending.append(handle)
+        return handle
 
     def _stop_loop(self) -> None:
         if self._loop_started:
             self._client.loop_stop()
             self._loop_started = False
 
-    def close(self) -> None:
+    def close(self, *, drain_timeout: float = 5.0) -> None:
+        """Wait up to ``drain_timeout`` for queued QoS>0 publishes, then disconnect."""
         if not self._loop_started:
             return
+        deadline = time.monotonic() + drain_timeout
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if self._connected.is_set():
+            for handle in pending:
+                try:
+                    handle.wait(max(0.0, deadline - time.monotonic()))
+                except TransportError:
+                    continue
         self._client.disconnect()
         self._stop_loop()
         self._connected.clear()

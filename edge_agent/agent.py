@@ -116,8 +116,9 @@ class EdgeAgent:
             now = self.clock()
             for run in self.source.history(self._history_units):
                 ts = now - (run.n_cycles - np.arange(run.n_cycles)) * 60.0
-                self.store.append_unit(unit=run.unit, values=run.sensors, ts=ts.tolist(),
-                                       failed=True)
+                self.store.append_unit(
+                    unit=run.unit, values=run.sensors, ts=ts.tolist(), failed=True
+                )
         offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
         self.transport.connect(
             on_message=self._inbox.put,
@@ -125,8 +126,9 @@ class EdgeAgent:
         )
         self.transport.subscribe(self.topics.global_model)
         self.transport.subscribe(self.topics.round_current)
-        self.transport.publish(self.topics.status(self.config.device), self._status("online"),
-                               retain=True)
+        self.transport.publish(
+            self.topics.status(self.config.device), self._status("online"), retain=True
+        )
 
     def stop(self) -> None:
         """Publish offline status and disconnect cleanly."""
@@ -152,8 +154,9 @@ class EdgeAgent:
     def step(self, *, timeout: float = 0.0) -> None:
         """Do whatever is due: inbound messages, a sample, a telemetry flush, a round."""
         try:
-            msg: InboundMessage | None = self._inbox.get(timeout=timeout) if timeout > 0 else \
-                self._inbox.get_nowait()
+            msg: InboundMessage | None = (
+                self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+            )
         except queue.Empty:
             msg = None
         while msg is not None:
@@ -194,15 +197,17 @@ class EdgeAgent:
             raise FrameError(f"not a global model for fleet {self.config.fleet}")
         if header.model is None:
             raise FrameError("global model frame carries no model spec")
-        if self.model_version is not None and header.version < self.model_version:
-            return  # an older retained copy: keep the newer model
+        # No "keep the newer version" rule: a retained global model is the topic's current
+        # state, so a lower version means the aggregator restarted or the fleet was reset.
         spec: ModelSpec = header.model
         if spec.n_features != len(self.source.sensor_names):
             raise FrameError(
                 f"global model expects {spec.n_features} features, this device has "
                 f"{len(self.source.sensor_names)}"
             )
-        model = self.model if self.model is not None and self.model.spec == spec else build_model(spec)
+        model = (
+            self.model if self.model is not None and self.model.spec == spec else build_model(spec)
+        )
         load_tensors(model, frame.tensors)
         self.model = model
         self.model_version = header.version
@@ -227,7 +232,8 @@ class EdgeAgent:
         inflight = {s for _, seqs in self._inflight for s in seqs}
         while len(self._inflight) < _MAX_INFLIGHT_BATCHES:
             rows = [
-                r for r in self.store.unsent(self.config.telemetry_batch + len(inflight))
+                r
+                for r in self.store.unsent(self.config.telemetry_batch + len(inflight))
                 if r.seq not in inflight
             ][: self.config.telemetry_batch]
             if not rows:
@@ -237,8 +243,12 @@ class EdgeAgent:
                 device=self.config.device,
                 site=self.config.site,
                 readings=[
-                    Reading(seq=r.seq, ts=r.ts, cycle=r.cycle,
-                            values={n: float(v) for n, v in zip(names, r.values, strict=True)})
+                    Reading(
+                        seq=r.seq,
+                        ts=r.ts,
+                        cycle=r.cycle,
+                        values={n: float(v) for n, v in zip(names, r.values, strict=True)},
+                    )
                     for r in rows
                 ],
             )
@@ -289,14 +299,20 @@ class EdgeAgent:
         training windows.
         """
         units = tuple(self.store.failed_units())
-        if units == self._dataset_key and self._train_data is not None and self._holdout is not None:
+        if (
+            units == self._dataset_key
+            and self._train_data is not None
+            and self._holdout is not None
+        ):
             return self._train_data, self._holdout
         every = round(1 / self.config.holdout_fraction) if self.config.holdout_fraction > 0 else 0
-        train, hold = [], []
+        train: list[WindowDataset] = []
+        hold: list[WindowDataset] = []
         for i, unit in enumerate(units):
             data = self.store.unit_data(unit)
-            x, y = make_windows(data.values, np.minimum(data.rul(), spec.rul_cap),
-                                window=spec.window)
+            x, y = make_windows(
+                data.values, np.minimum(data.rul(), spec.rul_cap), window=spec.window
+            )
             assert y is not None  # noqa: S101 - targets were given
             target = hold if every and i % every == every - 1 else train
             target.append(WindowDataset(x, y))
@@ -326,7 +342,9 @@ class EdgeAgent:
         self.stats.rounds_answered += 1
         self.stats.answered_rounds.append(ann.round_id)
 
-    def _header(self, ann: RoundAnnouncement, kind: str, n: int, metrics: dict[str, float]) -> FrameHeader:
+    def _header(
+        self, ann: RoundAnnouncement, kind: str, n: int, metrics: dict[str, float]
+    ) -> FrameHeader:
         return FrameHeader.model_validate(
             {
                 "kind": kind,
@@ -342,10 +360,14 @@ class EdgeAgent:
 
     def _answer(self, ann: RoundAnnouncement) -> bytes | None:
         if ann.task == "stats":
-            stats = FeatureStats.combine(
-                FeatureStats.from_array(self.store.unit_data(u).values)
-                for u in self.store.failed_units()
-            ) if self.store.failed_units() else None
+            stats = (
+                FeatureStats.combine(
+                    FeatureStats.from_array(self.store.unit_data(u).values)
+                    for u in self.store.failed_units()
+                )
+                if self.store.failed_units()
+                else None
+            )
             if stats is None or stats.count == 0:
                 return None
             tensors = {
@@ -371,8 +393,11 @@ class EdgeAgent:
         # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
         seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
         result = train_local(local, train, ann.training, seed=seed, reference=base)
-        metrics = {"train_loss": result.loss, "val_rmse": before.rmse,
-                   "val_examples": float(before.num_examples)}
+        metrics = {
+            "train_loss": result.loss,
+            "val_rmse": before.rmse,
+            "val_examples": float(before.num_examples),
+        }
         return encode_frame(
             self._header(ann, "update", result.num_examples, metrics),
             state_tensors(local, trainable_only=True),
@@ -400,7 +425,9 @@ class EdgeAgent:
             unit=self._current_unit,
         )
         try:
-            self.transport.publish(self.topics.prediction(self.config.device), encode_message(prediction))
+            self.transport.publish(
+                self.topics.prediction(self.config.device), encode_message(prediction)
+            )
         except TransportError as exc:
             self.stats.last_error = str(exc)
             return None

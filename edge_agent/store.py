@@ -92,7 +92,8 @@ class ReadingStore:
             self._db.execute("INSERT INTO meta VALUES ('n_features', ?)", (str(self.n_features),))
         elif int(row[0]) != self.n_features:
             raise StorageError(
-                f"store {self.path} holds {row[0]} features per reading, source has {self.n_features}"
+                f"store {self.path} holds {row[0]} features per reading, "
+                f"source has {self.n_features}"
             )
 
     def close(self) -> None:
@@ -126,16 +127,20 @@ class ReadingStore:
     ) -> None:
         """Bulk-store a whole unit (e.g. history logged before the agent ran)."""
         rows = [
-            (unit, i, float(ts[i]), self._blob(values[i]), int(sent)) for i in range(values.shape[0])
+            (unit, i, float(ts[i]), self._blob(values[i]), int(sent))
+            for i in range(values.shape[0])
         ]
         try:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT INTO readings (unit, cycle, ts, vals, sent) VALUES (?, ?, ?, ?, ?)", rows
+                    "INSERT INTO readings (unit, cycle, ts, vals, sent) VALUES (?, ?, ?, ?, ?)",
+                    rows,
                 )
                 if failed:
-                    self._db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (unit, len(rows)))
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO units VALUES (?, ?)", (unit, len(rows))
+                    )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot store unit {unit}: {exc}") from exc
         self._count += len(rows)
@@ -158,7 +163,9 @@ class ReadingStore:
         n = self._db.execute("SELECT n_cycles FROM units WHERE unit = ?", (unit,)).fetchone()
         cycles = np.array([r[0] for r in rows], dtype=np.int64)
         values = (
-            np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.n_features)
+            np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(
+                len(rows), self.n_features
+            )
             if rows
             else np.zeros((0, self.n_features), np.float32)
         )
@@ -181,7 +188,8 @@ class ReadingStore:
             (limit,),
         ).fetchall()
         return [
-            StoredReading(r[0], r[1], r[2], r[3], np.frombuffer(r[4], dtype="<f4").copy()) for r in rows
+            StoredReading(r[0], r[1], r[2], r[3], np.frombuffer(r[4], dtype="<f4").copy())
+            for r in rows
         ]
 
     def unsent_count(self) -> int:

@@ -53,7 +53,8 @@ _PREFIX = struct.Struct(">4sBBI")
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 ALLOWED_DTYPES = frozenset(
-    np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
+    np.dtype(t)
+    for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
 )
 
 Tensors = dict[str, np.ndarray]

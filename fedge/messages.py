@@ -31,9 +31,7 @@ __all__ = [
 MAX_MESSAGE_BYTES = 1 << 20
 """Default upper bound for a JSON message; larger payloads are refused unparsed."""
 
-Identifier = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SensorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 # Unix seconds between 2000-01-01 and 2100-01-01: anything else is a broken clock.
 Timestamp = Annotated[float, Field(ge=946_684_800.0, le=4_102_444_800.0)]
@@ -150,9 +148,7 @@ def encode_message(message: WireModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()
 
 
-def decode_message(
-    model: type[M], payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES
-) -> M:
+def decode_message(model: type[M], payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> M:
     """Parse ``payload`` as ``model``; size-checked before parsing. Raises MessageError."""
     if len(payload) > max_bytes:
         raise MessageError(

@@ -118,7 +118,9 @@ def train_local(
 
 
 @torch.no_grad()
-def predict(model: FaultModel, x: np.ndarray, *, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: FaultModel, x: np.ndarray, *, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Predicted RUL (cycles, clipped at 0) and failure probability for windows ``x``."""
     model.eval()
     ruls, probs = [], []
@@ -138,5 +140,7 @@ def evaluate(model: FaultModel, data: WindowDataset) -> Evaluation:
     pred, _ = predict(model, data.x)
     err = pred - np.minimum(data.rul, model.spec.rul_cap)
     return Evaluation(
-        rmse=float(np.sqrt(np.mean(err**2))), mae=float(np.mean(np.abs(err))), num_examples=len(data)
+        rmse=float(np.sqrt(np.mean(err**2))),
+        mae=float(np.mean(np.abs(err))),
+        num_examples=len(data),
     )

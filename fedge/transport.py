@@ -71,7 +71,7 @@ class Transport(Protocol):
     """A connected MQTT session as the agent and the aggregator see it."""
 
     def connect(self, *, on_message: MessageCallback, will: Will | None = None) -> None:
-        """Connect (blocking until the session is up) and route inbound messages to ``on_message``."""
+        """Connect (blocking until the session is up); inbound messages go to ``on_message``."""
         ...
 
     def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:

@@ -54,7 +54,7 @@ class UpdateValidator:
         *,
         already_received: frozenset[str] | set[str] = frozenset(),
     ) -> str:
-        """Return the sending device if ``frame`` is acceptable; raise UpdateRejectedError if not."""
+        """Return the sending device if ``frame`` is acceptable, else raise UpdateRejectedError."""
         header = frame.header
         if topic.kind is not TopicKind.UPDATE or topic.device is None or topic.round_id is None:
             raise UpdateRejectedError(RejectReason.TOPIC_MISMATCH, f"not an update topic: {topic}")
@@ -73,7 +73,8 @@ class UpdateValidator:
             raise UpdateRejectedError(RejectReason.UNKNOWN_DEVICE, f"device {device!r}")
         if header.round_id != expect.round_id:
             raise UpdateRejectedError(
-                RejectReason.WRONG_ROUND, f"round {header.round_id}, open round is {expect.round_id}"
+                RejectReason.WRONG_ROUND,
+                f"round {header.round_id}, open round is {expect.round_id}",
             )
         if header.kind != TASK_FRAME_KIND[expect.task]:
             raise UpdateRejectedError(
@@ -93,8 +94,12 @@ class UpdateValidator:
         self._check_tensors(frame.tensors, expect.template)
         if self.max_update_norm is not None and expect.task == "train":
             norm = float(
-                np.sqrt(sum(np.sum((frame.tensors[k].astype(np.float64) - v) ** 2)
-                            for k, v in expect.template.items()))
+                np.sqrt(
+                    sum(
+                        np.sum((frame.tensors[k].astype(np.float64) - v) ** 2)
+                        for k, v in expect.template.items()
+                    )
+                )
             )
             if norm > self.max_update_norm:
                 raise UpdateRejectedError(
@@ -103,7 +108,9 @@ class UpdateValidator:
         return device
 
     @staticmethod
-    def _check_tensors(tensors: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray]) -> None:
+    def _check_tensors(
+        tensors: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray]
+    ) -> None:
         missing = sorted(set(template) - set(tensors))
         if missing:
             raise UpdateRejectedError(RejectReason.MISSING_TENSOR, ", ".join(missing[:5]))

@@ -24,6 +24,9 @@ __all__ = [
 class FaultModel(nn.Module):
     """Base: normalisation buffers, a backbone producing features, two heads."""
 
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(self, spec: ModelSpec, feature_dim: int) -> None:
         super().__init__()
         self.spec = spec
@@ -75,7 +78,9 @@ def state_tensors(model: nn.Module, *, trainable_only: bool = False) -> dict[str
     }
 
 
-def load_tensors(model: nn.Module, tensors: Mapping[str, np.ndarray], *, strict: bool = True) -> None:
+def load_tensors(
+    model: nn.Module, tensors: Mapping[str, np.ndarray], *, strict: bool = True
+) -> None:
     """Load named arrays into ``model``; shapes must match exactly."""
     state = model.state_dict()
     if strict and set(tensors) != set(state):

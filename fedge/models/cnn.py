@@ -28,8 +28,9 @@ class CnnModel(FaultModel):
         )
         # Flatten instead of global pooling: where in the window a change happens
         # carries the trend, which is what RUL depends on.
-        self.dense = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(c * spec.window, dense),
-                                   nn.ReLU())
+        self.dense = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.1), nn.Linear(c * spec.window, dense), nn.ReLU()
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         h: torch.Tensor = self.dense(self.conv(x.transpose(1, 2)))

@@ -6,11 +6,19 @@ from collections.abc import Callable, Mapping
 
 from fedge.errors import ConfigError
 from fedge.strategies.base import Params, Strategy, StreamingMean, weighted_mean
+from fedge.strategies.fedadam import FedAdam
 from fedge.strategies.fedavg import FedAvg
+from fedge.strategies.fedavgm import FedAvgM
+from fedge.strategies.fedprox import FedProx
+from fedge.strategies.fedyogi import FedYogi
 
 __all__ = [
     "STRATEGIES",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
+    "FedProx",
+    "FedYogi",
     "Params",
     "Strategy",
     "StreamingMean",
@@ -20,6 +28,10 @@ __all__ = [
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     FedAvg.name: FedAvg,
+    FedProx.name: FedProx,
+    FedAvgM.name: FedAvgM,
+    FedAdam.name: FedAdam,
+    FedYogi.name: FedYogi,
 }
 
 
@@ -28,8 +40,10 @@ def make_strategy(name: str, options: Mapping[str, float] | None = None) -> Stra
     try:
         factory = STRATEGIES[name]
     except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}") from None
+        raise ConfigError(
+            f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}"
+        ) from None
     try:
         return factory(**dict(options or {}))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad options for strategy {name!r}: {exc}") from exc

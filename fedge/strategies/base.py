@@ -44,7 +44,9 @@ class StreamingMean:
         """The weighted mean as float32 arrays. Raises ValueError when nothing was added."""
         if self.count == 0:
             raise ValueError("no updates were aggregated")
-        return {name: (acc / self.total_weight).astype(np.float32) for name, acc in self._sums.items()}
+        return {
+            name: (acc / self.total_weight).astype(np.float32) for name, acc in self._sums.items()
+        }
 
 
 def weighted_mean(updates: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> Params:
@@ -69,7 +71,9 @@ class Strategy(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def aggregate(self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]) -> Params:
+    def aggregate(
+        self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]
+    ) -> Params:
         """Next global weights from the current ones and the clients' weighted mean."""
 
     def client_options(self) -> dict[str, float]:

@@ -16,5 +16,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def aggregate(self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]) -> Params:
+    def aggregate(
+        self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]
+    ) -> Params:
         return {k: np.asarray(v, np.float32).copy() for k, v in client_mean.items()}

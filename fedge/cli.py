@@ -1,0 +1,351 @@
+"""The ``fedge`` command line (typer): demo, agent, aggregator, broker."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.table import Table
+
+from fedge.errors import FedgeError
+from fedge.messages import RoundSummary
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="fedge",
+    help="Federated predictive maintenance over MQTT: edge agents train on their own "
+    "machines' data, an aggregator combines their updates, Grafana watches the fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML config file (env vars and options override it).",
+        exists=False,
+        dir_okay=False,
+    ),
+]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker", "-b", help="Broker URL, mqtt://[user:pass@]host:port (mqtts:// for TLS)."
+    ),
+]
+LogOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+def _fail(exc: FedgeError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=2)
+
+
+def _wait_for_ctrl_c(stop: threading.Event) -> None:
+    """Turn SIGTERM into a clean stop like Ctrl-C (systemd stops services with SIGTERM)."""
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _rounds_table(rounds: list[RoundSummary], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.caption = "val RMSE: global model 'of' version on held-out units, in cycles"
+    for col in (
+        "round",
+        "task",
+        "result",
+        "ver",
+        "clients",
+        "rej",
+        "loss",
+        "val RMSE",
+        "of",
+        "MB in",
+        "s",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("task", "result") else "right", no_wrap=True
+        )
+    for r in rounds:
+        evaluated = (
+            (
+                f"v{r.version - 1}"
+                if r.task == "train" and r.outcome == "completed"
+                else f"v{r.version}"
+            )
+            if r.val_error is not None
+            else "-"
+        )
+        table.add_row(
+            str(r.round_id),
+            r.task,
+            "ok" if r.outcome == "completed" else r.outcome,
+            str(r.version),
+            str(r.participants),
+            str(r.rejected),
+            _fmt(r.train_loss, ".4f"),
+            _fmt(r.val_error),
+            evaluated,
+            f"{r.bytes_received / 1e6:.2f}",
+            f"{r.duration_s:.1f}",
+        )
+    return table
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(min=1, max=500, help="Simulated devices.")] = 8,
+    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Federated training rounds.")] = 10,
+    broker: BrokerOpt = None,
+    summary_json: Annotated[
+        Path | None, typer.Option("--summary-json", help="Write the summary as JSON here.")
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="Where stores and checkpoints go.")] = Path(
+        "fedge-demo"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed for the simulator and the model.")] = 0,
+    iid: Annotated[
+        bool, typer.Option("--iid/--non-iid", help="Identical or different sites.")
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=1, max=50, help="Local epochs per round.")] = 2,
+    strategy: Annotated[str, typer.Option(help="Aggregation strategy.")] = "fedavg",
+    model: Annotated[str, typer.Option(help="Model architecture: cnn or gru.")] = "cnn",
+    fleet: Annotated[str, typer.Option(help="Fleet name (topic namespace).")] = "demo",
+    log_level: LogOpt = "WARNING",
+) -> None:
+    """Run a simulated fleet end to end: broker, aggregator and agents in one process."""
+    from fedge.demo import DemoOptions, run_demo
+
+    _setup_logging(log_level)
+    seen: list[RoundSummary] = []
+    options = DemoOptions(
+        devices=devices,
+        rounds=rounds,
+        broker_url=broker,
+        fleet=fleet,
+        workdir=workdir,
+        seed=seed,
+        non_iid=not iid,
+        epochs=epochs,
+        strategy=strategy,
+        model=model,
+    )
+    where = broker or "embedded broker"
+    console.print(f"fedge demo: {devices} devices, {rounds} rounds, {strategy}, {where}")
+    with Live(
+        _rounds_table(seen, "rounds (live)"), console=console, transient=True, refresh_per_second=4
+    ) as live:
+
+        def on_round(summary: RoundSummary) -> None:
+            seen.append(summary)
+            live.update(_rounds_table(seen, "rounds (live)"))
+
+        try:
+            result = run_demo(options, on_round=on_round)
+        except FedgeError as exc:
+            raise _fail(exc) from exc
+    out.print(_rounds_table(result.rounds, "fedge demo — summary"))
+    v0, final = result.val_error_round0, result.val_error_final
+    out.print(
+        f"validation RMSE of the global model on held-out units: round 0 = {_fmt(v0)} cycles, "
+        f"final (v{len(result.training_rounds)}) = {_fmt(final)} cycles"
+    )
+    out.print(f"wall time {result.wall_s:.1f} s")
+    if summary_json is not None:
+        result.write_json(summary_json)
+        out.print(f"summary written to {summary_json}")
+    if result.agent_errors or v0 is None or final is None:
+        console.print(f"[red]demo incomplete[/]: agent errors {result.agent_errors}")
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def agent(
+    device: Annotated[str | None, typer.Option(help="Device id (unique in the fleet).")] = None,
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name.")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite store path.")] = None,
+    history_units: Annotated[
+        int, typer.Option(help="Simulated run-to-failure history to start from (simulated source).")
+    ] = 8,
+    seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run one edge agent (simulated sensor source) until Ctrl-C or SIGTERM."""
+    from broker.mqtt_transport import PahoTransport
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.sources import SimulatedSensorSource
+    from edge_agent.store import ReadingStore
+    from fedge.config import AgentConfig, BrokerEndpoint, load_config
+    from fedge.data.simulator import SiteProfile
+
+    _setup_logging(log_level)
+    try:
+        overrides: dict[str, Any] = {
+            "device": device,
+            "fleet": fleet,
+            "store_path": store,
+            "seed": seed,
+        }
+        if broker is not None:
+            overrides["broker"] = BrokerEndpoint.from_url(broker)
+        cfg = load_config(AgentConfig, config, **overrides)
+        source = SimulatedSensorSource(profile=SiteProfile(), seed=cfg.seed)
+        agent_ = EdgeAgent(
+            cfg,
+            transport=PahoTransport(cfg.broker, client_id=f"{cfg.fleet}-{cfg.device}"),
+            source=source,
+            store=ReadingStore(
+                cfg.store_path,
+                n_features=len(source.sensor_names),
+                max_readings=cfg.store_max_readings,
+            ),
+            history_units=history_units,
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=agent_.run, args=(stop,), name=cfg.device)
+        thread.start()
+        console.print(f"agent {cfg.device} on {cfg.broker.url}, fleet {cfg.fleet}; Ctrl-C stops")
+        _wait_for_ctrl_c(stop)
+        thread.join()
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def aggregator(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name.")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Training rounds to run.")] = None,
+    min_clients: Annotated[int | None, typer.Option(min=1, help="Quorum per round.")] = None,
+    round_timeout: Annotated[float | None, typer.Option(help="Round deadline, seconds.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Aggregation strategy.")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint directory.")] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run the aggregator: announce rounds, validate and combine updates, publish models."""
+    from aggregator.service import AggregatorService
+    from broker.mqtt_transport import PahoTransport
+    from fedge.config import AggregatorConfig, BrokerEndpoint, load_config
+
+    _setup_logging(log_level)
+    try:
+        overrides: dict[str, Any] = {
+            "fleet": fleet,
+            "rounds": rounds,
+            "min_clients": min_clients,
+            "round_timeout_s": round_timeout,
+            "strategy": strategy,
+            "checkpoint_dir": checkpoint_dir,
+        }
+        if broker is not None:
+            overrides["broker"] = BrokerEndpoint.from_url(broker)
+        cfg = load_config(AggregatorConfig, config, **overrides)
+        service = AggregatorService(
+            cfg,
+            transport=PahoTransport(
+                cfg.broker, client_id=f"{cfg.fleet}-aggregator", clean_session=False
+            ),
+            on_round=lambda s: console.print(
+                f"round {s.round_id} {s.task} {s.outcome}: {s.participants} participants, "
+                f"val RMSE {_fmt(s.val_error)}"
+            ),
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            history = service.run(stop=stop)
+        except KeyboardInterrupt:
+            history = service.history
+        out.print(_rounds_table(history, "aggregator rounds"))
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command("broker")
+def broker_cmd(
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="Run the pure-Python amqtt broker in-process.")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Bind address for --embedded.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for --embedded.")] = 1883,
+    config: Annotated[
+        Path | None, typer.Option(help="mosquitto.conf to use (default: the one fedge ships).")
+    ] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Run an MQTT broker: the embedded one (demo) or Mosquitto with fedge's config."""
+    _setup_logging(log_level)
+    if embedded:
+        from broker.embedded import EmbeddedBroker
+
+        try:
+            broker_ = EmbeddedBroker(host=host, port=port).start()
+        except FedgeError as exc:
+            raise _fail(exc) from exc
+        console.print(f"embedded broker on {broker_.url}; Ctrl-C stops")
+        stop = threading.Event()
+        _wait_for_ctrl_c(stop)
+        broker_.stop()
+        return
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if binary is None:
+        console.print(
+            "[red]mosquitto is not installed[/]: apt-get install -y mosquitto, or use --embedded"
+        )
+        raise typer.Exit(code=2)
+    conf = config or Path(__file__).resolve().parent.parent / "broker" / "mosquitto.conf"
+    console.print(f"exec {binary} -c {conf}")
+    proc = subprocess.run([binary, "-c", str(conf)], check=False)  # noqa: S603
+    raise typer.Exit(code=proc.returncode)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    started = time.monotonic()
+    try:
+        app()
+    finally:
+        logging.getLogger(__name__).debug("fedge ran %.1fs", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

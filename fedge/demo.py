@@ -1,0 +1,196 @@
+"""``fedge demo``: a whole simulated fleet in one process, over a real MQTT broker.
+
+Starts the embedded broker (or uses ``--broker``), an aggregator and N agents,
+each agent with its own MQTT connection, its own SQLite store and its own
+simulated machine (non-IID sites by default). Every device holds out some of
+its run-to-failure units; the aggregator reports, per round, the validation
+error of the global model on those held-out units.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aggregator.checkpoint import CheckpointStore
+from aggregator.service import AggregatorService
+from broker.embedded import EmbeddedBroker
+from broker.mqtt_transport import PahoTransport
+from edge_agent.agent import EdgeAgent
+from edge_agent.sources import SimulatedSensorSource
+from edge_agent.store import ReadingStore
+from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, ModelSpec
+from fedge.data.simulator import SENSOR_NAMES, make_site_profiles
+from fedge.errors import FedgeError
+from fedge.messages import RoundSummary, TrainingConfig
+
+__all__ = ["DemoOptions", "DemoResult", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    """What ``fedge demo`` runs; the CLI maps its options onto this."""
+
+    devices: int = 8
+    rounds: int = 10
+    broker_url: str | None = None
+    fleet: str = "demo"
+    workdir: Path = Path("fedge-demo")
+    seed: int = 0
+    non_iid: bool = True
+    history_units: int = 8
+    epochs: int = 2
+    learning_rate: float = 2e-3
+    strategy: str = "fedavg"
+    model: str = "cnn"
+    round_timeout_s: float = 60.0
+    sample_interval_s: float = 0.2
+    timeout_s: float = 900.0
+
+
+@dataclass
+class DemoResult:
+    """The outcome; ``to_json`` is what ``--summary-json`` writes."""
+
+    rounds: list[RoundSummary]
+    wall_s: float
+    devices: int
+    agent_errors: list[str] = field(default_factory=list)
+
+    @property
+    def training_rounds(self) -> list[RoundSummary]:
+        return [r for r in self.rounds if r.task == "train" and r.outcome == "completed"]
+
+    @property
+    def val_error_round0(self) -> float | None:
+        """Validation RMSE of global version 0 (measured by devices at the start of round 1)."""
+        train = self.training_rounds
+        return train[0].val_error if train else None
+
+    @property
+    def val_error_final(self) -> float | None:
+        """Validation RMSE of the final global model (the closing evaluation round)."""
+        evals = [r for r in self.rounds if r.task == "evaluate" and r.outcome == "completed"]
+        return evals[-1].val_error if evals else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rounds": len(self.training_rounds),
+            "devices": self.devices,
+            "val_error_round0": self.val_error_round0,
+            "val_error_final": self.val_error_final,
+            "wall_s": round(self.wall_s, 3),
+            "per_round": [r.model_dump(mode="json", exclude_none=True) for r in self.rounds],
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def run_demo(
+    options: DemoOptions, *, on_round: Callable[[RoundSummary], None] | None = None
+) -> DemoResult:
+    """Run the demo fleet to completion and return its rounds. Raises FedgeError on failure."""
+    started = time.monotonic()
+    # Agents train concurrently on threads; one intra-op thread each avoids
+    # oversubscribing the cores (the models are small; parallelism is across devices).
+    torch.set_num_threads(1)
+    workdir = options.workdir
+    for sub in ("agents", "checkpoints"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)  # a demo always starts fresh
+    (workdir / "agents").mkdir(parents=True, exist_ok=True)
+
+    embedded: EmbeddedBroker | None = None
+    if options.broker_url is None:
+        embedded = EmbeddedBroker().start()
+        endpoint = BrokerEndpoint.from_url(embedded.url)
+    else:
+        endpoint = BrokerEndpoint.from_url(options.broker_url)
+
+    spec = ModelSpec(name="cnn" if options.model == "cnn" else "gru", n_features=len(SENSOR_NAMES))
+    agg_config = AggregatorConfig(
+        fleet=options.fleet,
+        broker=endpoint,
+        rounds=options.rounds,
+        min_clients=options.devices,
+        round_timeout_s=options.round_timeout_s,
+        strategy=options.strategy,
+        training=TrainingConfig(epochs=options.epochs, learning_rate=options.learning_rate),
+        model=spec,
+        checkpoint_dir=workdir / "checkpoints",
+        seed=options.seed,
+    )
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    agents: list[EdgeAgent] = []
+    errors: list[str] = []
+
+    def _run_agent(agent: EdgeAgent) -> None:
+        try:
+            agent.run(stop)
+        except Exception as exc:  # reported in the result; the aggregator's quorum notices
+            log.exception("agent %s failed", agent.config.device)
+            errors.append(f"{agent.config.device}: {exc}")
+
+    try:
+        profiles = make_site_profiles(options.devices, seed=options.seed, non_iid=options.non_iid)
+        for i, profile in enumerate(profiles):
+            device = f"dev-{i:03d}"
+            cfg = AgentConfig(
+                fleet=options.fleet,
+                device=device,
+                site=f"site-{i % 4}",
+                broker=endpoint,
+                store_path=workdir / "agents" / f"{device}.sqlite",
+                sample_interval_s=options.sample_interval_s,
+                seed=options.seed,
+            )
+            agent = EdgeAgent(
+                cfg,
+                transport=PahoTransport(endpoint, client_id=f"{options.fleet}-{device}"),
+                source=SimulatedSensorSource(profile=profile, seed=options.seed * 1000 + i),
+                store=ReadingStore(cfg.store_path, n_features=len(SENSOR_NAMES)),
+                history_units=options.history_units,
+            )
+            agents.append(agent)
+            thread = threading.Thread(target=_run_agent, args=(agent,), name=device, daemon=True)
+            threads.append(thread)
+            thread.start()
+        service = AggregatorService(
+            agg_config,
+            transport=PahoTransport(
+                endpoint, client_id=f"{options.fleet}-aggregator", clean_session=False
+            ),
+            checkpoints=CheckpointStore(agg_config.checkpoint_dir),
+            on_round=on_round,
+        )
+        try:
+            rounds = service.run(timeout=options.timeout_s)
+        except TimeoutError as exc:
+            raise FedgeError(f"demo did not finish: {exc}; agent errors: {errors}") from exc
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        for agent in agents:
+            agent.store.close()
+        if embedded is not None:
+            embedded.stop()
+    return DemoResult(
+        rounds=list(rounds),
+        wall_s=time.monotonic() - started,
+        devices=options.devices,
+        agent_errors=errors,
+    )

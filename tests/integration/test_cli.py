@@ -1,0 +1,80 @@
+"""The ``fedge`` command line as a user runs it (subprocesses, real embedded broker)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FEDGE = [sys.executable, "-m", "fedge.cli"]
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FEDGE, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_top_level_help_lists_every_subcommand() -> None:
+    result = _run("--help")
+    assert result.returncode == 0, result.stderr
+    for sub in ("demo", "agent", "aggregator", "broker"):
+        assert sub in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("sub", "options"),
+    [
+        ("demo", ["--devices", "--rounds", "--broker", "--summary-json"]),
+        ("agent", ["--device", "--config", "--broker", "--store"]),
+        ("aggregator", ["--config", "--broker", "--rounds", "--min-clients", "--strategy"]),
+        ("broker", ["--embedded", "--port", "--config"]),
+    ],
+)
+def test_subcommand_help_describes_options(sub: str, options: list[str]) -> None:
+    result = _run(sub, "--help")
+    assert result.returncode == 0, result.stderr
+    for option in options:
+        assert option in result.stdout, f"{sub} --help lacks {option}"
+
+
+def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text('device = "pump-1"\nunknown_key = 3\n')
+    result = _run("agent", "--config", str(bad))
+    assert result.returncode == 2
+    assert "unknown_key" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_broker_url_is_a_clear_error() -> None:
+    result = _run("aggregator", "--broker", "http://nowhere:1883")
+    assert result.returncode == 2
+    assert "mqtt://" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_demo_learns_and_writes_summary(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    result = _run(
+        "demo",
+        "--devices",
+        "3",
+        "--rounds",
+        "3",
+        "--summary-json",
+        str(summary),
+        "--workdir",
+        str(tmp_path / "work"),
+        timeout=200,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(summary.read_text())
+    assert data["rounds"] == 3
+    assert data["wall_s"] > 0
+    # The federated model must clearly beat the untrained one on held-out units.
+    assert data["val_error_final"] < 0.6 * data["val_error_round0"]
+    assert "validation RMSE" in result.stdout
