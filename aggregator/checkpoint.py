@@ -18,6 +18,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from fedge.codec import _contiguous
 from fedge.config import ModelSpec
 from fedge.errors import StorageError
 
@@ -45,6 +46,7 @@ class CheckpointStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.latest_path = directory / "latest.safetensors"
+        self.previous_path = directory / "previous.safetensors"
 
     def save(self, checkpoint: Checkpoint) -> Path:
         """Write ``checkpoint`` atomically and return its path."""
@@ -65,12 +67,17 @@ class CheckpointStore:
             tmp = Path(tmp_name)
             try:
                 save_file(
-                    {k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata
+                    {k: _contiguous(v) for k, v in tensors.items()}, tmp, metadata=metadata
                 )
                 with tmp.open("rb") as fh:
                     os.fsync(fh.fileno())
                 if self.latest_path.exists():
-                    os.replace(self.latest_path, self.directory / "previous.safetensors")
+                    # Hard-link then rename: "latest" exists at every instant, so a crash
+                    # anywhere here still leaves a complete checkpoint to resume from.
+                    prev_tmp = self.directory / ".previous.tmp"
+                    prev_tmp.unlink(missing_ok=True)
+                    os.link(self.latest_path, prev_tmp)
+                    os.replace(prev_tmp, self.previous_path)
                 os.replace(tmp, self.latest_path)
             finally:
                 tmp.unlink(missing_ok=True)

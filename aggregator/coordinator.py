@@ -412,6 +412,9 @@ class RoundCoordinator:
         except TopicError as exc:
             self._count_reject(RejectReason.MALFORMED, str(exc))
             return []
+        if parsed.fleet != self.config.fleet:
+            self._count_reject(RejectReason.WRONG_FLEET, f"message for fleet {parsed.fleet}")
+            return []
         if parsed.kind is TopicKind.STATUS and parsed.device is not None:
             return self.on_status(parsed.device, payload, now)
         if parsed.kind is TopicKind.UPDATE:

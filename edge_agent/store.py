@@ -76,15 +76,22 @@ class ReadingStore:
             # The store is built on one thread and handed to the agent's thread, which
             # then is its only user; sqlite3's same-thread guard would refuse that.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open reading store {self.path}: {exc}") from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable across application crashes in WAL mode; only power loss
-            # can cost the last transactions, which the broker then re-asks for anyway.
+            # NORMAL is durable across application crashes in WAL mode; only a power
+            # loss can cost the last few transactions, and it is much cheaper on SD cards.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._check_features()
             self._count = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
         except sqlite3.Error as exc:
+            self._db.close()
             raise StorageError(f"cannot open reading store {self.path}: {exc}") from exc
+        except StorageError:
+            self._db.close()
+            raise
 
     def _check_features(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key='n_features'").fetchone()

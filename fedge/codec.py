@@ -88,6 +88,12 @@ class Frame:
     tensors: Tensors
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """C-contiguous copy if needed; keeps 0-d shapes (np.ascontiguousarray makes them 1-d)."""
+    arr = np.asarray(array)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
+
+
 def encode_frame(header: FrameHeader, tensors: Mapping[str, np.ndarray]) -> bytes:
     """Serialise a header and tensors into one v1 frame."""
     for name, array in tensors.items():
@@ -97,7 +103,7 @@ def encode_frame(header: FrameHeader, tensors: Mapping[str, np.ndarray]) -> byte
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise FrameError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
     # safetensors wants C-contiguous arrays; ascontiguousarray is a no-op when they are.
-    body = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+    body = st_save({k: _contiguous(v) for k, v in tensors.items()})
     return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, 0, len(header_bytes)) + header_bytes + body
 
 
@@ -133,8 +139,9 @@ def decode_frame(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Fr
         raise FrameError(f"invalid frame header: {where}: {first['msg']}") from exc
     try:
         tensors = st_load(bytes(data[body_start:]))
-    except (SafetensorError, ValueError, TypeError) as exc:
-        raise FrameError(f"invalid safetensors body: {exc}") from exc
+    except (SafetensorError, ValueError, TypeError, KeyError) as exc:
+        # KeyError: safetensors.numpy has no numpy dtype for BF16/F8 tensors.
+        raise FrameError(f"invalid safetensors body: {exc!r}") from exc
     for name, array in tensors.items():
         if array.dtype not in ALLOWED_DTYPES:
             raise FrameError(f"tensor {name!r} has unsupported dtype {array.dtype}")

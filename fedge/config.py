@@ -68,7 +68,7 @@ class BrokerEndpoint(BaseModel):
         try:
             return cls(
                 host=parts.hostname,
-                port=port or (8883 if tls else 1883),
+                port=port if port is not None else (8883 if tls else 1883),
                 tls=tls,
                 username=unquote(parts.username) if parts.username else None,
                 password=unquote(parts.password) if parts.password else None,
@@ -144,7 +144,7 @@ class AggregatorConfig(_FedgeSettings):
     rounds: Annotated[int, Field(ge=1)] | None = 10
     min_clients: Annotated[int, Field(ge=1)] = 2
     target_clients: Annotated[int, Field(ge=1)] | None = None
-    round_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    round_timeout_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 60.0
     strategy: str = "fedavg"
     strategy_options: dict[str, float] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()

@@ -34,6 +34,11 @@ class StreamingMean:
             raise ValueError(f"weight must be positive, got {weight}")
         if set(tensors) != set(self._sums):
             raise ValueError("update tensors do not match the template")
+        # Check every shape before adding anything: a late failure must not leave
+        # the running sums half-updated.
+        for name, acc in self._sums.items():
+            if np.shape(tensors[name]) != acc.shape:
+                raise ValueError(f"{name}: shape {np.shape(tensors[name])} != {acc.shape}")
         for name, acc in self._sums.items():
             # In-place multiply-add: no temporary the size of the model per update.
             acc += np.asarray(tensors[name], np.float64) * weight
