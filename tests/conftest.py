@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.integration.fixtures_mqtt"]
+pytest_plugins = ["tests.integration.fixtures_mqtt", "tests.integration.fixtures_influx"]

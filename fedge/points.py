@@ -1,0 +1,334 @@
+"""Time-series points: the storage schema and an exact InfluxDB line-protocol encoder (pure).
+
+Every message the aggregator ingests becomes one or more :class:`Point`. The same
+points go to InfluxDB (line protocol) and to the zero-setup SQLite sink, so the
+schema below is the one contract between ingestion and the Grafana dashboards.
+
+Schema
+------
+
+Measurements (tags marked * are present only when the message carries them):
+
+=================  ======================================  ====================================
+measurement        tags                                    point time
+=================  ======================================  ====================================
+``telemetry``      ``fleet``, ``device``, ``site``*,       the reading's device ``ts`` (one
+                   ``unit``*                               point per reading)
+``prediction``     ``fleet``, ``device``                   the prediction's ``ts``
+``device_health``  ``fleet``, ``device``, ``site``*        last seen: status ``ts`` (online) or
+                                                           the ingest clock (offline, no ts)
+``fl_round``       ``fleet``, ``task``, ``outcome``        the round summary's ``ts``
+``alert``          ``fleet``, ``device``, ``kind``         the prediction's ``ts``
+=================  ======================================  ====================================
+
+Fields (types never change within a measurement; * = only when known):
+
+=================  =========================  ======  ==========================================
+measurement        field                      type    meaning
+=================  =========================  ======  ==========================================
+``telemetry``      ``<sensor>``               float   one field per sensor in the reading
+``telemetry``      ``seq``                    int     per-device sequence number
+``telemetry``      ``cycle``*                 int     operating cycle of the machine
+``prediction``     ``rul``                    float   predicted remaining useful life (cycles)
+``prediction``     ``failure_probability``    float   probability of failure within horizon
+``prediction``     ``model_version``          int     global model version used
+``prediction``     ``horizon``                int     horizon of the probability (cycles)
+``prediction``     ``alert``                  bool    the agent raised an alert
+``device_health``  ``online``                 int     1 online, 0 offline
+``device_health``  ``buffer_depth``*          int     readings waiting in the agent's buffer
+``device_health``  ``cpu_percent``*           float   agent CPU use
+``device_health``  ``memory_mb``*             float   agent memory use
+``device_health``  ``model_version``*         int     model version on the device
+``device_health``  ``agent_version``*         string  agent software version
+``fl_round``       ``round_id``               int     round number
+``fl_round``       ``version``                int     global model version after the round
+``fl_round``       ``participants``           int     accepted updates
+``fl_round``       ``rejected``               int     rejected updates
+``fl_round``       ``rejected_<reason>``      int     rejected updates per reason
+``fl_round``       ``num_examples``           int     training examples behind the updates
+``fl_round``       ``val_examples``           int     validation examples
+``fl_round``       ``bytes_received``         int     update bytes received
+``fl_round``       ``duration_s``             float   wall time of the round
+``fl_round``       ``train_loss``*            float   weighted mean training loss
+``fl_round``       ``val_error``*             float   validation error (RMSE)
+``alert``          ``rul``                    float   as in ``prediction``
+``alert``          ``failure_probability``    float   as in ``prediction``
+``alert``          ``message``                string  human-readable summary
+=================  =========================  ======  ==========================================
+
+Rules that keep InfluxDB happy:
+
+* A field keeps one type in every point of its measurement (InfluxDB refuses a
+  write that changes a field's type within a shard): sensor values and other
+  float fields are always written as floats, counters always as ``i`` integers.
+* Sensors may not be named like a tag or an int field of ``telemetry`` (``seq``,
+  ``cycle``, ``fleet``, ``device``, ``site``, ``unit``, ``time``): such a batch is
+  refused with :class:`~fedge.errors.MessageError` instead of silently mixing types.
+* ``online`` is an integer, not a boolean, so dashboards can ``sum()`` and ``mean()`` it.
+* ``device_health`` time is the status's own ``ts`` for ``online`` messages and
+  the ingest clock (``received_at``) for ``offline`` ones: an offline status is
+  usually the broker publishing the last will, whose ``ts`` was fixed when the
+  device connected.
+* An ``alert`` point (``kind="failure_predicted"``) is emitted next to each
+  prediction that has ``alert=True``.
+* Times are integer nanoseconds, rounded to the microsecond (a float of Unix
+  seconds carries no more precision than that).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from fedge.errors import MessageError, SinkError
+from fedge.messages import DeviceStatus, Prediction, RoundSummary, TelemetryBatch
+
+__all__ = [
+    "MEASUREMENTS",
+    "RESERVED_SENSOR_NAMES",
+    "FieldValue",
+    "Point",
+    "health_points",
+    "lines",
+    "prediction_points",
+    "round_points",
+    "seconds_to_ns",
+    "telemetry_points",
+]
+
+FieldValue = bool | int | float | str
+
+MEASUREMENTS = ("telemetry", "prediction", "device_health", "fl_round", "alert")
+"""Every measurement fedge writes."""
+
+RESERVED_SENSOR_NAMES = frozenset({"seq", "cycle", "fleet", "device", "site", "unit", "time"})
+"""Sensor names that would collide with a tag or a typed field of ``telemetry``."""
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+# Line protocol has no way to carry a raw newline, so control characters are written as
+# a visible backslash sequence: the line stays one line, the value stays readable.
+_ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
+_ESCAPE_KEY = str.maketrans(
+    {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"}
+)
+_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": r"\\", "\n": r"\n", "\r": r"\r"})
+
+
+def seconds_to_ns(ts: float) -> int:
+    """Unix seconds (float) to integer nanoseconds, rounded to the microsecond."""
+    return round(ts * 1_000_000) * 1000
+
+
+def _format_field(key: str, value: FieldValue) -> str:
+    # bool first: bool is a subclass of int in Python.
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = f"{value}i"
+    elif isinstance(value, float):
+        text = repr(value)
+    else:
+        text = f'"{value.translate(_ESCAPE_STRING)}"'
+    return f"{key.translate(_ESCAPE_KEY)}={text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One InfluxDB point. ``tags`` and ``fields`` are ordered ``(key, value)`` tuples.
+
+    Build points with :meth:`Point.of`, which sorts tags (InfluxDB's preferred order),
+    drops empty/None values and validates everything :meth:`to_line` relies on.
+    """
+
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, FieldValue], ...]
+    time_ns: int
+
+    def __post_init__(self) -> None:
+        if not self.measurement or self.measurement.startswith("#"):
+            raise SinkError(f"invalid measurement name {self.measurement!r}")
+        if not self.fields:
+            raise SinkError(f"point in {self.measurement!r} has no fields")
+        for key, tag in self.tags:
+            if not key or not tag:
+                raise SinkError(f"empty tag key or value in {self.measurement!r}: {key!r}")
+            # A trailing backslash would escape the separator that follows it.
+            if key.endswith("\\") or tag.endswith("\\"):
+                raise SinkError(f"tag {key!r} in {self.measurement!r} ends with a backslash")
+        for key, value in self.fields:
+            if not key or key == "time" or key.endswith("\\"):
+                raise SinkError(f"invalid field key {key!r} in {self.measurement!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SinkError(f"non-finite field {key}={value} in {self.measurement!r}")
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and not _INT64_MIN <= value <= _INT64_MAX
+            ):
+                raise SinkError(f"field {key}={value} does not fit in int64")
+            if not isinstance(value, bool | int | float | str):
+                raise SinkError(f"unsupported field type {type(value).__name__} for {key!r}")
+        if isinstance(self.time_ns, bool) or not isinstance(self.time_ns, int):
+            raise SinkError(f"point time must be integer nanoseconds, got {self.time_ns!r}")
+
+    @classmethod
+    def of(
+        cls,
+        measurement: str,
+        tags: Mapping[str, str | None],
+        fields: Mapping[str, FieldValue | None],
+        time_ns: int,
+    ) -> Point:
+        """Build a point; tags are sorted by key, ``None`` tags/fields and empty tags dropped."""
+        return cls(
+            measurement,
+            tuple(sorted((k, v) for k, v in tags.items() if v)),
+            tuple((k, v) for k, v in fields.items() if v is not None),
+            time_ns,
+        )
+
+    @property
+    def tag_dict(self) -> dict[str, str]:
+        """Tags as a dict."""
+        return dict(self.tags)
+
+    @property
+    def field_dict(self) -> dict[str, FieldValue]:
+        """Fields as a dict."""
+        return dict(self.fields)
+
+    def to_line(self) -> str:
+        """The point as one line of InfluxDB line protocol (nanosecond precision, no newline)."""
+        head = self.measurement.translate(_ESCAPE_MEASUREMENT)
+        for key, value in self.tags:
+            head += f",{key.translate(_ESCAPE_KEY)}={value.translate(_ESCAPE_KEY)}"
+        body = ",".join(_format_field(k, v) for k, v in self.fields)
+        return f"{head} {body} {self.time_ns}"
+
+
+def lines(points: Iterable[Point]) -> str:
+    """Line protocol for several points, newline-separated (no trailing newline)."""
+    return "\n".join(p.to_line() for p in points)
+
+
+def telemetry_points(batch: TelemetryBatch) -> list[Point]:
+    """One ``telemetry`` point per reading. Raises MessageError on a reserved sensor name."""
+    tags: dict[str, str | None] = {
+        "fleet": batch.fleet,
+        "device": batch.device,
+        "site": batch.site,
+        "unit": None if batch.unit is None else str(batch.unit),
+    }
+    points = []
+    for reading in batch.readings:
+        clash = RESERVED_SENSOR_NAMES.intersection(reading.values)
+        if clash:
+            raise MessageError(
+                f"sensor name(s) {sorted(clash)} of device {batch.device!r} are reserved"
+            )
+        fields: dict[str, FieldValue | None] = {
+            name: float(value) for name, value in reading.values.items()
+        }
+        fields["seq"] = int(reading.seq)
+        fields["cycle"] = None if reading.cycle is None else int(reading.cycle)
+        points.append(Point.of("telemetry", tags, fields, seconds_to_ns(reading.ts)))
+    return points
+
+
+def _alert_message(pred: Prediction) -> str:
+    return (
+        f"{pred.device}: predicted RUL {pred.rul:.1f} cycles, failure probability "
+        f"{pred.failure_probability:.0%} within {pred.horizon} cycles (model v{pred.model_version})"
+    )
+
+
+def prediction_points(pred: Prediction) -> list[Point]:
+    """A ``prediction`` point, plus an ``alert`` point when ``pred.alert`` is true."""
+    time_ns = seconds_to_ns(pred.ts)
+    tags: dict[str, str | None] = {"fleet": pred.fleet, "device": pred.device}
+    points = [
+        Point.of(
+            "prediction",
+            tags,
+            {
+                "rul": float(pred.rul),
+                "failure_probability": float(pred.failure_probability),
+                "model_version": int(pred.model_version),
+                "horizon": int(pred.horizon),
+                "alert": bool(pred.alert),
+            },
+            time_ns,
+        )
+    ]
+    if pred.alert:
+        points.append(
+            Point.of(
+                "alert",
+                {**tags, "kind": "failure_predicted"},
+                {
+                    "rul": float(pred.rul),
+                    "failure_probability": float(pred.failure_probability),
+                    "message": _alert_message(pred),
+                },
+                time_ns,
+            )
+        )
+    return points
+
+
+def health_points(status: DeviceStatus, *, received_at: float) -> list[Point]:
+    """One ``device_health`` point; see the module docs for which clock stamps it."""
+    online = status.state == "online"
+    ts = status.ts if (online and status.ts is not None) else received_at
+
+    def opt_float(value: float | None) -> float | None:
+        return None if value is None else float(value)
+
+    def opt_int(value: int | None) -> int | None:
+        return None if value is None else int(value)
+
+    return [
+        Point.of(
+            "device_health",
+            {"fleet": status.fleet, "device": status.device, "site": status.site},
+            {
+                "online": 1 if online else 0,
+                "buffer_depth": opt_int(status.buffer_depth),
+                "cpu_percent": opt_float(status.cpu_percent),
+                "memory_mb": opt_float(status.memory_mb),
+                "model_version": opt_int(status.model_version),
+                "agent_version": status.agent_version or None,
+            },
+            seconds_to_ns(ts),
+        )
+    ]
+
+
+def round_points(summary: RoundSummary) -> list[Point]:
+    """One ``fl_round`` point per closed round."""
+    fields: dict[str, FieldValue | None] = {
+        "round_id": int(summary.round_id),
+        "version": int(summary.version),
+        "participants": int(summary.participants),
+        "rejected": int(summary.rejected),
+        "num_examples": int(summary.num_examples),
+        "val_examples": int(summary.val_examples),
+        "bytes_received": int(summary.bytes_received),
+        "duration_s": float(summary.duration_s),
+        "train_loss": None if summary.train_loss is None else float(summary.train_loss),
+        "val_error": None if summary.val_error is None else float(summary.val_error),
+    }
+    for reason, count in sorted(summary.rejected_by_reason.items()):
+        fields[f"rejected_{reason}"] = int(count)
+    return [
+        Point.of(
+            "fl_round",
+            {"fleet": summary.fleet, "task": summary.task, "outcome": summary.outcome},
+            fields,
+            seconds_to_ns(summary.ts),
+        )
+    ]
