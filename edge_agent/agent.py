@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import resource
 import threading
 import time
 import zlib
@@ -91,12 +92,30 @@ class EdgeAgent:
         self._train_data: WindowDataset | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
+        self._current_cycle: int | None = None
         self._history_units = history_units
         self._next_sample = 0.0
         self._next_flush = 0.0
+        self._next_status = 0.0
+        self._cpu_mark = (time.monotonic(), self._cpu_seconds())
+
+    @staticmethod
+    def _cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def _health(self) -> tuple[float | None, float]:
+        """Process CPU % since the last status and peak resident memory in MB."""
+        wall0, cpu0 = self._cpu_mark
+        wall, cpu = time.monotonic(), self._cpu_seconds()
+        self._cpu_mark = (wall, cpu)
+        cpu_percent = 100.0 * (cpu - cpu0) / (wall - wall0) if wall > wall0 else None
+        # ru_maxrss is in KiB on Linux.
+        return cpu_percent, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     # Lifecycle ------------------------------------------------------------------------------
     def _status(self, state: str) -> bytes:
+        cpu_percent, memory_mb = self._health()
         return encode_message(
             DeviceStatus(
                 fleet=self.config.fleet,
@@ -107,6 +126,8 @@ class EdgeAgent:
                 agent_version=__version__,
                 model_version=self.model_version,
                 buffer_depth=self.store.unsent_count(),
+                cpu_percent=None if cpu_percent is None else max(0.0, cpu_percent),
+                memory_mb=memory_mb,
             )
         )
 
@@ -129,6 +150,15 @@ class EdgeAgent:
         self.transport.publish(
             self.topics.status(self.config.device), self._status("online"), retain=True
         )
+
+    def publish_status(self) -> None:
+        """Re-publish the retained online status with fresh health figures."""
+        try:
+            self.transport.publish(
+                self.topics.status(self.config.device), self._status("online"), retain=True
+            )
+        except TransportError as exc:
+            self.stats.last_error = str(exc)
 
     def stop(self) -> None:
         """Publish offline status and disconnect cleanly."""
@@ -174,6 +204,9 @@ class EdgeAgent:
             self._ack_telemetry(wait=0.0)
             if self.flush_telemetry(now):
                 self.predict_and_publish()
+        if now >= self._next_status:
+            self._next_status = now + self.config.status_interval_s
+            self.publish_status()
         if self._pending_round is not None:
             self._try_round(self._pending_round)
 
@@ -221,6 +254,7 @@ class EdgeAgent:
             return
         self.store.append(unit=sample.unit, cycle=sample.cycle, ts=now, values=sample.values)
         self._current_unit = sample.unit
+        self._current_cycle = sample.cycle
         self.stats.readings += 1
         if sample.failed:
             self.store.mark_failed(sample.unit, sample.cycle + 1)
@@ -423,6 +457,7 @@ class EdgeAgent:
             horizon=spec.horizon,
             alert=bool(rul[0] < self.config.alert_rul),
             unit=self._current_unit,
+            cycle=self._current_cycle,
         )
         try:
             self.transport.publish(

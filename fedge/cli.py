@@ -145,9 +145,22 @@ def demo(
     strategy: Annotated[str, typer.Option(help="Aggregation strategy.")] = "fedavg",
     model: Annotated[str, typer.Option(help="Model architecture: cnn or gru.")] = "cnn",
     fleet: Annotated[str, typer.Option(help="Fleet name (topic namespace).")] = "demo",
+    influx_url: Annotated[
+        str | None,
+        typer.Option(help="Send telemetry to InfluxDB at this URL instead of the SQLite file."),
+    ] = None,
+    influx_bucket: Annotated[str, typer.Option(help="InfluxDB bucket (1.8: db/rp).")] = "fedge",
+    influx_org: Annotated[str, typer.Option(help="InfluxDB organisation.")] = "-",
+    influx_token: Annotated[
+        str, typer.Option(help="InfluxDB token (1.8: user:password).", envvar="FEDGE_INFLUX_TOKEN")
+    ] = "",
     log_level: LogOpt = "WARNING",
 ) -> None:
-    """Run a simulated fleet end to end: broker, aggregator and agents in one process."""
+    """Run a simulated fleet end to end: broker, aggregator, ingestion and agents in one process.
+
+    Telemetry, predictions and round metrics land in WORKDIR/fedge-telemetry.sqlite
+    (or InfluxDB with --influx-url); an HTML report is written next to it.
+    """
     from fedge.demo import DemoOptions, run_demo
 
     _setup_logging(log_level)
@@ -163,6 +176,10 @@ def demo(
         epochs=epochs,
         strategy=strategy,
         model=model,
+        influx_url=influx_url,
+        influx_bucket=influx_bucket,
+        influx_org=influx_org,
+        influx_token=influx_token,
     )
     where = broker or "embedded broker"
     console.print(f"fedge demo: {devices} devices, {rounds} rounds, {strategy}, {where}")
@@ -184,6 +201,15 @@ def demo(
         f"validation RMSE of the global model on held-out units: round 0 = {_fmt(v0)} cycles, "
         f"final (v{len(result.training_rounds)}) = {_fmt(final)} cycles"
     )
+    if result.ingest is not None:
+        stats = result.ingest
+        where = influx_url or str(result.telemetry_path)
+        out.print(
+            f"telemetry: {stats.points_written} points written to {where}, "
+            f"{stats.duplicates} duplicates dropped, {stats.rejected_total} rejected"
+        )
+    if result.report_path is not None:
+        out.print(f"report: {result.report_path}")
     out.print(f"wall time {result.wall_s:.1f} s")
     if summary_json is not None:
         result.write_json(summary_json)
@@ -296,6 +322,96 @@ def aggregator(
         out.print(_rounds_table(history, "aggregator rounds"))
     except FedgeError as exc:
         raise _fail(exc) from exc
+
+
+@app.command()
+def ingest(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name.")] = None,
+    influx_url: Annotated[
+        str | None,
+        typer.Option(help="InfluxDB URL (http://host:8086); without it points go to SQLite."),
+    ] = None,
+    influx_bucket: Annotated[
+        str | None, typer.Option(help="Bucket (InfluxDB 1.8: database/retention_policy).")
+    ] = None,
+    influx_org: Annotated[str | None, typer.Option(help="Organisation (2.x).")] = None,
+    influx_token: Annotated[
+        str | None,
+        typer.Option(help="Token (1.8: user:password). Prefer FEDGE_INGEST_INFLUX_TOKEN."),
+    ] = None,
+    sqlite: Annotated[Path | None, typer.Option(help="SQLite file when no InfluxDB URL.")] = None,
+    spool: Annotated[Path | None, typer.Option(help="Durable spool for InfluxDB outages.")] = None,
+    shared_group: Annotated[
+        str | None,
+        typer.Option(help="MQTT 5 shared subscription group, to split load across processes."),
+    ] = None,
+    log_level: LogOpt = "INFO",
+) -> None:
+    """Ingest telemetry, predictions, status and round metrics into InfluxDB (or SQLite)."""
+    from aggregator.ingest import IngestService
+    from aggregator.telemetry import describe_sink, open_sink
+    from broker.mqtt_transport import PahoTransport
+    from fedge.config import BrokerEndpoint, IngestConfig, load_config
+
+    _setup_logging(log_level)
+    try:
+        overrides: dict[str, Any] = {
+            "fleet": fleet,
+            "influx_url": influx_url,
+            "influx_bucket": influx_bucket,
+            "influx_org": influx_org,
+            "influx_token": influx_token,
+            "sqlite_path": sqlite,
+            "spool_path": spool,
+            "shared_group": shared_group,
+        }
+        if broker is not None:
+            protocol = "5" if shared_group else "3.1.1"
+            overrides["broker"] = BrokerEndpoint.from_url(broker, protocol=protocol)
+        cfg = load_config(IngestConfig, config, **overrides)
+        sink = open_sink(cfg)
+        service = IngestService(
+            PahoTransport(cfg.broker, client_id=f"{cfg.fleet}-ingest-{int(time.time())}"),
+            sink,
+            fleet=cfg.fleet,
+            known_devices=cfg.known_devices,
+            shared_group=cfg.shared_group,
+        )
+        try:
+            service.start()
+            console.print(
+                f"ingesting fleet {cfg.fleet} from {cfg.broker.url} into "
+                f"{describe_sink(cfg)}; Ctrl-C stops"
+            )
+            _wait_for_ctrl_c(threading.Event())
+        finally:
+            service.stop()
+            sink.close()
+        stats = service.stats
+        console.print(
+            f"received {stats.received}, points written {stats.points_written}, duplicates "
+            f"{stats.duplicates}, rejected {dict(stats.rejected)}"
+        )
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+
+
+dashboards_app = typer.Typer(help="Grafana dashboards built from code.", no_args_is_help=True)
+app.add_typer(dashboards_app, name="dashboards")
+
+
+@dashboards_app.command("export")
+def dashboards_export(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write dashboards into.")],
+) -> None:
+    """Write the dashboards and Grafana provisioning files (datasource, provider) to OUT_DIR."""
+    from dashboards import export_dashboards
+
+    written = export_dashboards(out_dir)
+    for path in written:
+        out.print(str(path))
 
 
 @app.command("broker")

@@ -29,6 +29,7 @@ __all__ = [
     "AgentConfig",
     "AggregatorConfig",
     "BrokerEndpoint",
+    "IngestConfig",
     "ModelSpec",
     "load_config",
 ]
@@ -128,6 +129,7 @@ class AgentConfig(_FedgeSettings):
     holdout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     telemetry_batch: Annotated[int, Field(ge=1, le=10_000)] = 50
     telemetry_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    status_interval_s: Annotated[float, Field(gt=0)] = 10.0
     sample_interval_s: Annotated[float, Field(ge=0)] = 0.1
     alert_rul: Annotated[float, Field(ge=0)] = 30.0
     max_frame_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
@@ -163,6 +165,35 @@ class AggregatorConfig(_FedgeSettings):
 
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r}; choose one of {sorted(STRATEGIES)}")
+        return value
+
+
+class IngestConfig(_FedgeSettings):
+    """Telemetry ingestion. Env prefix ``FEDGE_INGEST_``.
+
+    Without ``influx_url`` points go to the local SQLite file ``sqlite_path``
+    (same schema). For InfluxDB 1.8+ use its v2 compatibility API: token
+    ``user:password`` and bucket ``database/retention_policy``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FEDGE_INGEST_")
+
+    fleet: Identifier = "demo"
+    broker: BrokerEndpoint = BrokerEndpoint()
+    influx_url: str | None = None
+    influx_org: str = "-"
+    influx_bucket: str = "fedge"
+    influx_token: str = Field(default="", repr=False)
+    sqlite_path: Path = Path("fedge-telemetry.sqlite")
+    spool_path: Path = Path("fedge-spool.sqlite")
+    shared_group: Identifier | None = None
+    known_devices: frozenset[Identifier] | None = None
+
+    @field_validator("influx_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("influx_url must start with http:// or https://")
         return value
 
 

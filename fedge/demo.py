@@ -22,16 +22,19 @@ from typing import Any
 import torch
 
 from aggregator.checkpoint import CheckpointStore
+from aggregator.ingest import IngestService, IngestStats
 from aggregator.service import AggregatorService
+from aggregator.telemetry import open_sink
 from broker.embedded import EmbeddedBroker
 from broker.mqtt_transport import PahoTransport
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SimulatedSensorSource
 from edge_agent.store import ReadingStore
-from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, ModelSpec
-from fedge.data.simulator import SENSOR_NAMES, make_site_profiles
+from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig, ModelSpec
+from fedge.data.simulator import SENSOR_NAMES, MachineSimulator, make_site_profiles
 from fedge.errors import FedgeError
 from fedge.messages import RoundSummary, TrainingConfig
+from fedge.report import write_report
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo"]
 
@@ -57,6 +60,11 @@ class DemoOptions:
     round_timeout_s: float = 60.0
     sample_interval_s: float = 0.2
     timeout_s: float = 900.0
+    influx_url: str | None = None
+    influx_bucket: str = "fedge"
+    influx_org: str = "-"
+    influx_token: str = ""
+    report: bool = True
 
 
 @dataclass
@@ -67,6 +75,9 @@ class DemoResult:
     wall_s: float
     devices: int
     agent_errors: list[str] = field(default_factory=list)
+    ingest: IngestStats | None = None
+    telemetry_path: Path | None = None
+    report_path: Path | None = None
 
     @property
     def training_rounds(self) -> list[RoundSummary]:
@@ -91,6 +102,16 @@ class DemoResult:
             "val_error_round0": self.val_error_round0,
             "val_error_final": self.val_error_final,
             "wall_s": round(self.wall_s, 3),
+            "telemetry": None
+            if self.ingest is None
+            else {
+                "received": self.ingest.received,
+                "points_written": self.ingest.points_written,
+                "duplicates": self.ingest.duplicates,
+                "rejected": self.ingest.rejected_total,
+            },
+            "telemetry_path": None if self.telemetry_path is None else str(self.telemetry_path),
+            "report_path": None if self.report_path is None else str(self.report_path),
             "per_round": [r.model_dump(mode="json", exclude_none=True) for r in self.rounds],
         }
 
@@ -111,6 +132,9 @@ def run_demo(
     for sub in ("agents", "checkpoints"):
         shutil.rmtree(workdir / sub, ignore_errors=True)  # a demo always starts fresh
     (workdir / "agents").mkdir(parents=True, exist_ok=True)
+    telemetry_path = workdir / "fedge-telemetry.sqlite"
+    for stale in workdir.glob("fedge-telemetry.sqlite*"):
+        stale.unlink()
 
     embedded: EmbeddedBroker | None = None
     if options.broker_url is None:
@@ -132,10 +156,25 @@ def run_demo(
         checkpoint_dir=workdir / "checkpoints",
         seed=options.seed,
     )
+    ingest_config = IngestConfig(
+        fleet=options.fleet,
+        broker=endpoint,
+        influx_url=options.influx_url,
+        influx_bucket=options.influx_bucket,
+        influx_org=options.influx_org,
+        influx_token=options.influx_token,
+        sqlite_path=telemetry_path,
+        spool_path=workdir / "fedge-spool.sqlite",
+    )
     stop = threading.Event()
     threads: list[threading.Thread] = []
     agents: list[EdgeAgent] = []
     errors: list[str] = []
+    simulators: dict[str, MachineSimulator] = {}
+    sink = open_sink(ingest_config)
+    ingest = IngestService(
+        PahoTransport(endpoint, client_id=f"{options.fleet}-ingest"), sink, fleet=options.fleet
+    )
 
     def _run_agent(agent: EdgeAgent) -> None:
         try:
@@ -145,6 +184,7 @@ def run_demo(
             errors.append(f"{agent.config.device}: {exc}")
 
     try:
+        ingest.start()
         profiles = make_site_profiles(options.devices, seed=options.seed, non_iid=options.non_iid)
         for i, profile in enumerate(profiles):
             device = f"dev-{i:03d}"
@@ -157,10 +197,12 @@ def run_demo(
                 sample_interval_s=options.sample_interval_s,
                 seed=options.seed,
             )
+            sim_seed = options.seed * 1000 + i
+            simulators[device] = MachineSimulator(profile=profile, seed=sim_seed)
             agent = EdgeAgent(
                 cfg,
                 transport=PahoTransport(endpoint, client_id=f"{options.fleet}-{device}"),
-                source=SimulatedSensorSource(profile=profile, seed=options.seed * 1000 + i),
+                source=SimulatedSensorSource(profile=profile, seed=sim_seed),
                 store=ReadingStore(cfg.store_path, n_features=len(SENSOR_NAMES)),
                 history_units=options.history_units,
             )
@@ -186,11 +228,34 @@ def run_demo(
             thread.join(timeout=10)
         for agent in agents:
             agent.store.close()
+        time.sleep(0.5)  # let the agents' last QoS 1 messages reach the ingest queue
+        ingest.stop()
+        sink.close()
         if embedded is not None:
             embedded.stop()
+    report_path = None
+    if options.report and options.influx_url is None:
+        lengths: dict[tuple[str, int], int] = {}
+
+        def truth(device: str, unit: int, cycle: int) -> float | None:
+            # The simulator regenerates any unit bit-identically: ground truth for the plot.
+            key = (device, unit)
+            if key not in lengths:
+                lengths[key] = simulators[device].unit(unit).n_cycles
+            return float(lengths[key] - 1 - cycle)
+
+        report_path = write_report(
+            telemetry_path,
+            workdir / "fedge-report.html",
+            title=f"fedge demo — fleet {options.fleet}",
+            truth=truth,
+        )
     return DemoResult(
         rounds=list(rounds),
         wall_s=time.monotonic() - started,
         devices=options.devices,
         agent_errors=errors,
+        ingest=ingest.stats,
+        telemetry_path=telemetry_path,
+        report_path=report_path,
     )

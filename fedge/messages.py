@@ -116,6 +116,7 @@ class Prediction(WireModel):
     horizon: Annotated[int, Field(ge=1)]
     alert: bool = False
     unit: NonNegInt | None = None
+    cycle: NonNegInt | None = None
 
 
 class RoundSummary(WireModel):

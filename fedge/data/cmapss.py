@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from fedge.data.simulator import UnitRun
 from fedge.data.windows import (
     DEFAULT_RUL_CAP,
     DEFAULT_WINDOW,
@@ -44,12 +45,14 @@ __all__ = [
     "CmapssSubset",
     "CmapssUnit",
     "RegimeNormaliser",
+    "feature_names",
     "informative_sensors",
     "load_subset",
     "operating_regimes",
     "prepare",
     "read_rul_file",
     "read_table",
+    "unit_runs",
 ]
 
 SUBSETS: tuple[str, ...] = ("FD001", "FD002", "FD003", "FD004")
@@ -370,3 +373,34 @@ def prepare(
         test_y=subset.test_rul.astype(np.float32),
         normaliser=normaliser,
     )
+
+
+def feature_names(sensor_indices: Sequence[int], *, with_settings: bool) -> tuple[str, ...]:
+    """Column names of :func:`unit_runs` features: settings (if used), then sensors."""
+    settings = SETTING_COLUMNS if with_settings else ()
+    return (*settings, *(SENSOR_COLUMNS[i] for i in sensor_indices))
+
+
+def unit_runs(
+    units: Sequence[CmapssUnit], *, sensor_indices: Sequence[int], with_settings: bool
+) -> list[UnitRun]:
+    """Engines as raw-feature :class:`UnitRun` s, the form sensor sources and agents use.
+
+    Features are the selected sensors (prefixed by the three operational settings
+    when ``with_settings``, which lets one model serve the six flight conditions of
+    FD002/FD004); no normalisation — the model normalises with federated statistics.
+    """
+    cols = list(sensor_indices)
+    runs = []
+    for u in units:
+        parts = [u.settings] if with_settings else []
+        parts.append(u.sensors[:, cols])
+        runs.append(
+            UnitRun(
+                unit=u.unit,
+                fault_mode="unknown",
+                regimes=np.zeros(u.n_cycles, np.int64),
+                sensors=np.concatenate(parts, axis=1).astype(np.float32),
+            )
+        )
+    return runs

@@ -21,7 +21,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def test_top_level_help_lists_every_subcommand() -> None:
     result = _run("--help")
     assert result.returncode == 0, result.stderr
-    for sub in ("demo", "agent", "aggregator", "broker"):
+    for sub in ("demo", "agent", "aggregator", "broker", "ingest", "dashboards"):
         assert sub in result.stdout
 
 
@@ -32,6 +32,8 @@ def test_top_level_help_lists_every_subcommand() -> None:
         ("agent", ["--device", "--config", "--broker", "--store"]),
         ("aggregator", ["--config", "--broker", "--rounds", "--min-clients", "--strategy"]),
         ("broker", ["--embedded", "--port", "--config"]),
+        ("ingest", ["--broker", "--influx-url", "--influx-bucket", "--sqlite", "--shared-group"]),
+        ("dashboards", ["export"]),
     ],
 )
 def test_subcommand_help_describes_options(sub: str, options: list[str]) -> None:
@@ -47,6 +49,25 @@ def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
     result = _run("agent", "--config", str(bad))
     assert result.returncode == 2
     assert "unknown_key" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dashboards_export_writes_grafana_files(tmp_path: Path) -> None:
+    result = _run("dashboards", "export", str(tmp_path / "grafana"))
+    assert result.returncode == 0, result.stderr
+    written = sorted(
+        p.relative_to(tmp_path / "grafana").as_posix()
+        for p in (tmp_path / "grafana").rglob("*")
+        if p.is_file()
+    )
+    assert written == [
+        "dashboards/fedge-device.json",
+        "dashboards/fedge-fleet.json",
+        "dashboards/fedge-training.json",
+        "provisioning/dashboards/fedge.yaml",
+        "provisioning/datasources/fedge.yaml",
+    ]
+    fleet = json.loads((tmp_path / "grafana/dashboards/fedge-fleet.json").read_text())
+    assert fleet["panels"], "fleet dashboard has no panels"
 
 
 def test_bad_broker_url_is_a_clear_error() -> None:
@@ -78,3 +99,9 @@ def test_demo_learns_and_writes_summary(tmp_path: Path) -> None:
     # The federated model must clearly beat the untrained one on held-out units.
     assert data["val_error_final"] < 0.6 * data["val_error_round0"]
     assert "validation RMSE" in result.stdout
+    # Telemetry went through the ingest service into the SQLite file, and the report
+    # was rendered from it.
+    assert data["telemetry"]["points_written"] > 0
+    assert data["telemetry"]["rejected"] == 0
+    report = Path(data["report_path"]).read_text()
+    assert report.count("<svg") >= 2 and "validation RMSE" in report
