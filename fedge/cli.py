@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from fedge.errors import FedgeError
 from fedge.messages import RoundSummary
+
+if TYPE_CHECKING:
+    from edge_agent.sources import ReplaySensorSource
 
 __all__ = ["app", "main"]
 
@@ -230,12 +233,25 @@ def agent(
         int, typer.Option(help="Simulated run-to-failure history to start from (simulated source).")
     ] = 8,
     seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
+    cmapss: Annotated[
+        Path | None,
+        typer.Option(help="Replay NASA C-MAPSS engines from this directory instead of simulating."),
+    ] = None,
+    subset: Annotated[str, typer.Option(help="C-MAPSS subset with --cmapss.")] = "FD001",
+    engines: Annotated[
+        str, typer.Option(help="With --cmapss: training engines first-last, history then live.")
+    ] = "1-10",
     log_level: LogOpt = "INFO",
 ) -> None:
-    """Run one edge agent (simulated sensor source) until Ctrl-C or SIGTERM."""
+    """Run one edge agent until Ctrl-C or SIGTERM.
+
+    The sensor source is the fleet simulator, or with --cmapss a replay of C-MAPSS
+    training engines: all but the last of --engines are history (run to failure),
+    the last is streamed live, cycle by cycle, as this device's machine.
+    """
     from broker.mqtt_transport import PahoTransport
     from edge_agent.agent import EdgeAgent
-    from edge_agent.sources import SimulatedSensorSource
+    from edge_agent.sources import SensorSource, SimulatedSensorSource
     from edge_agent.store import ReadingStore
     from fedge.config import AgentConfig, BrokerEndpoint, load_config
     from fedge.data.simulator import SiteProfile
@@ -251,7 +267,12 @@ def agent(
         if broker is not None:
             overrides["broker"] = BrokerEndpoint.from_url(broker)
         cfg = load_config(AgentConfig, config, **overrides)
-        source = SimulatedSensorSource(profile=SiteProfile(), seed=cfg.seed)
+        source: SensorSource
+        if cmapss is not None:
+            source = _cmapss_source(cmapss, subset, engines)
+            history_units = len(source.history(10_000))
+        else:
+            source = SimulatedSensorSource(profile=SiteProfile(), seed=cfg.seed)
         agent_ = EdgeAgent(
             cfg,
             transport=PahoTransport(cfg.broker, client_id=f"{cfg.fleet}-{cfg.device}"),
@@ -271,6 +292,37 @@ def agent(
         thread.join()
     except FedgeError as exc:
         raise _fail(exc) from exc
+
+
+def _cmapss_source(directory: Path, subset: str, engines: str) -> ReplaySensorSource:
+    from edge_agent.sources import ReplaySensorSource
+    from fedge.data.cmapss import (
+        feature_names,
+        informative_sensors,
+        load_subset,
+        operating_regimes,
+        unit_runs,
+    )
+    from fedge.errors import ConfigError
+
+    try:
+        first, _, last = engines.partition("-")
+        wanted = set(range(int(first), int(last or first) + 1))
+    except ValueError as exc:
+        raise ConfigError(f"--engines {engines!r}: expected FIRST-LAST, e.g. 1-10") from exc
+    data = load_subset(directory, subset)
+    sensors = informative_sensors(data.train)
+    multi = len(operating_regimes(data.train)) > 1
+    runs = [
+        r
+        for r in unit_runs(data.train, sensor_indices=sensors, with_settings=multi)
+        if r.unit in wanted
+    ]
+    if len(runs) < 2:
+        raise ConfigError(f"--engines {engines!r} selects {len(runs)} engines; need at least 2")
+    return ReplaySensorSource(
+        sensor_names=feature_names(sensors, with_settings=multi), history=runs[:-1], live=runs[-1:]
+    )
 
 
 @app.command()
