@@ -177,7 +177,14 @@ class EdgeAgent:
         self.start()
         try:
             while not stop.is_set():
-                self.step(timeout=0.05)
+                # Sleep on the inbox until the next sample/flush/status is due (at most
+                # 50 ms, so a stop request is noticed promptly).
+                due = min(
+                    self._next_sample if self.config.sample_interval_s > 0 else math.inf,
+                    self._next_flush,
+                    self._next_status,
+                )
+                self.step(timeout=min(0.05, max(0.0, due - self.clock())))
         finally:
             self.stop()
 
