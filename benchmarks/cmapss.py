@@ -163,6 +163,9 @@ def run_federated(
     )
 
 
+SPLITS = {"federated_iid": split_iid, "federated_noniid": split_noniid}
+
+
 def summarise(results: list[RunResult]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for setting in ("centralized", "federated_iid", "federated_noniid"):
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--strategy", default="fedavg")
     parser.add_argument("--model", default="cnn")
     parser.add_argument(
-        "--settings", nargs="+", default=["centralized", "federated_iid", "federated_noniid"]
+        "--settings", nargs="+", choices=["centralized", *SPLITS], default=["centralized", *SPLITS]
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -223,35 +226,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: list[RunResult] = []
     for seed in args.seeds:
         rng = np.random.default_rng(seed)
-        jobs = {
-            "centralized": lambda s=seed: run_central(
-                train_runs, test, spec, training, epochs=args.central_epochs, seed=s
-            ),
-            "federated_iid": lambda s=seed, r=rng: run_federated(
-                "federated_iid",
-                split_iid(train_runs, args.clients, r),
-                names,
-                test,
-                spec,
-                training,
-                rounds=args.rounds,
-                strategy=args.strategy,
-                seed=s,
-            ),
-            "federated_noniid": lambda s=seed, r=rng: run_federated(
-                "federated_noniid",
-                split_noniid(train_runs, args.clients, r),
-                names,
-                test,
-                spec,
-                training,
-                rounds=args.rounds,
-                strategy=args.strategy,
-                seed=s,
-            ),
-        }
         for setting in args.settings:
-            result = jobs[setting]()
+            if setting == "centralized":
+                result = run_central(
+                    train_runs, test, spec, training, epochs=args.central_epochs, seed=seed
+                )
+            else:
+                parts = SPLITS[setting](train_runs, args.clients, rng)
+                result = run_federated(
+                    setting,
+                    parts,
+                    names,
+                    test,
+                    spec,
+                    training,
+                    rounds=args.rounds,
+                    strategy=args.strategy,
+                    seed=seed,
+                )
             results.append(result)
             console.print(
                 f"  {setting:17s} seed {seed}: RMSE {result.rmse:6.2f}  "
