@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from fedge.messages import RoundSummary
 
 if TYPE_CHECKING:
     from edge_agent.sources import ReplaySensorSource
+    from fedge.config import _FedgeSettings
+
+S = TypeVar("S", bound="_FedgeSettings")
 
 __all__ = ["app", "main"]
 
@@ -78,6 +81,23 @@ def _wait_for_ctrl_c(stop: threading.Event) -> None:
             pass
     except KeyboardInterrupt:
         stop.set()
+
+
+def _load(
+    cls: type[S],
+    config: Path | None,
+    broker: str | None,
+    overrides: dict[str, Any],
+    *,
+    protocol: str | None = None,
+) -> S:
+    """Config from file, environment and options; ``--broker`` becomes the broker section."""
+    from fedge.config import BrokerEndpoint, load_config
+
+    if broker is not None:
+        extra = {} if protocol is None else {"protocol": protocol}
+        overrides = {**overrides, "broker": BrokerEndpoint.from_url(broker, **extra)}
+    return load_config(cls, config, **overrides)
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
@@ -253,7 +273,7 @@ def agent(
     from edge_agent.agent import EdgeAgent
     from edge_agent.sources import SensorSource, SimulatedSensorSource
     from edge_agent.store import ReadingStore
-    from fedge.config import AgentConfig, BrokerEndpoint, load_config
+    from fedge.config import AgentConfig
     from fedge.data.simulator import SiteProfile
 
     _setup_logging(log_level)
@@ -264,9 +284,7 @@ def agent(
             "store_path": store,
             "seed": seed,
         }
-        if broker is not None:
-            overrides["broker"] = BrokerEndpoint.from_url(broker)
-        cfg = load_config(AgentConfig, config, **overrides)
+        cfg = _load(AgentConfig, config, broker, overrides)
         source: SensorSource
         if cmapss is not None:
             source = _cmapss_source(cmapss, subset, engines)
@@ -340,7 +358,7 @@ def aggregator(
     """Run the aggregator: announce rounds, validate and combine updates, publish models."""
     from aggregator.service import AggregatorService
     from broker.mqtt_transport import PahoTransport
-    from fedge.config import AggregatorConfig, BrokerEndpoint, load_config
+    from fedge.config import AggregatorConfig
 
     _setup_logging(log_level)
     try:
@@ -352,9 +370,7 @@ def aggregator(
             "strategy": strategy,
             "checkpoint_dir": checkpoint_dir,
         }
-        if broker is not None:
-            overrides["broker"] = BrokerEndpoint.from_url(broker)
-        cfg = load_config(AggregatorConfig, config, **overrides)
+        cfg = _load(AggregatorConfig, config, broker, overrides)
         service = AggregatorService(
             cfg,
             transport=PahoTransport(
@@ -405,7 +421,7 @@ def ingest(
     from aggregator.ingest import IngestService
     from aggregator.telemetry import describe_sink, open_sink
     from broker.mqtt_transport import PahoTransport
-    from fedge.config import BrokerEndpoint, IngestConfig, load_config
+    from fedge.config import IngestConfig
 
     _setup_logging(log_level)
     try:
@@ -419,10 +435,8 @@ def ingest(
             "spool_path": spool,
             "shared_group": shared_group,
         }
-        if broker is not None:
-            protocol = "5" if shared_group else "3.1.1"
-            overrides["broker"] = BrokerEndpoint.from_url(broker, protocol=protocol)
-        cfg = load_config(IngestConfig, config, **overrides)
+        # Shared subscriptions are an MQTT 5 feature.
+        cfg = _load(IngestConfig, config, broker, overrides, protocol="5" if shared_group else None)
         sink = open_sink(cfg)
         service = IngestService(
             PahoTransport(cfg.broker, client_id=f"{cfg.fleet}-ingest-{int(time.time())}"),
