@@ -66,9 +66,7 @@ class CheckpointStore:
             os.close(fd)
             tmp = Path(tmp_name)
             try:
-                save_file(
-                    {k: _contiguous(v) for k, v in tensors.items()}, tmp, metadata=metadata
-                )
+                save_file({k: _contiguous(v) for k, v in tensors.items()}, tmp, metadata=metadata)
                 with tmp.open("rb") as fh:
                     os.fsync(fh.fileno())
                 if self.latest_path.exists():

@@ -26,9 +26,11 @@ import queue
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
+from itertools import compress
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -39,15 +41,18 @@ from fedge.messages import (
     MAX_MESSAGE_BYTES,
     DeviceStatus,
     Prediction,
+    Reading,
     RoundSummary,
     TelemetryBatch,
     decode_message,
 )
 from fedge.points import (
     Point,
+    PointBatch,
     health_points,
     prediction_points,
     round_points,
+    telemetry_lines,
     telemetry_points,
 )
 from fedge.topics import TopicKind, Topics, parse_topic, validate_segment
@@ -131,14 +136,28 @@ class _SeqWindow:
 
     def seen(self, seq: int, ts: float) -> bool:
         """Record ``seq``; return True if it was already seen with the same timestamp."""
-        previous = self._seen.get(seq)
-        if previous is not None and previous == ts:
-            return True
-        self._seen[seq] = ts
-        self._seen.move_to_end(seq)
-        while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
+        window = self._seen
+        previous = window.get(seq)
+        if previous is not None:
+            if previous == ts:
+                return True
+            window.move_to_end(seq)  # a restarted counter: now the newest entry
+        window[seq] = ts
+        while len(window) > self._size:
+            window.popitem(last=False)
         return False
+
+    def fresh(self, readings: Sequence[Reading]) -> list[bool]:
+        """:meth:`seen` for each reading in order, negated: True where the reading is new."""
+        seqs = [r.seq for r in readings]
+        window = self._seen
+        if len(set(seqs)) == len(seqs) and window.keys().isdisjoint(seqs):
+            # The usual case, all new and distinct: one bulk insert, same final window.
+            window.update(zip(seqs, [r.ts for r in readings], strict=True))
+            while len(window) > self._size:
+                window.popitem(last=False)
+            return [True] * len(seqs)
+        return [not self.seen(r.seq, r.ts) for r in readings]
 
 
 _LOG_FIRST = 10
@@ -173,6 +192,8 @@ class IngestService:
     ) -> None:
         self.transport = transport
         self.sink = sink
+        # A sink that writes line protocol (InfluxSink) takes telemetry preformatted.
+        self._line_protocol = bool(getattr(sink, "line_protocol", False))
         self.topics = Topics(fleet)
         self.fleet = fleet
         self.known_devices = None if known_devices is None else frozenset(known_devices)
@@ -287,13 +308,13 @@ class IngestService:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            points: list[Point] = []
-            for item in items:
-                points.extend(self._process(item))
-            if points:
-                self._write(points)
+            parts = [part for part in map(self._process, items) if part]
+            if parts:
+                # One sink write for the whole drain: one spool append (one fsync) and
+                # large HTTP batches, with telemetry already formatted as line protocol.
+                self._write(PointBatch.concat(parts))
 
-    def _write(self, points: list[Point]) -> None:
+    def _write(self, points: Sequence[Point]) -> None:
         while True:
             try:
                 self.sink.write(points)
@@ -314,7 +335,7 @@ class IngestService:
                 self._written += len(points)
             return
 
-    def _process(self, item: _Queued) -> list[Point]:
+    def _process(self, item: _Queued) -> Sequence[Point]:
         try:
             points = self._convert(item)
             if points is None:
@@ -336,7 +357,7 @@ class IngestService:
             self._accepted += 1
         return points
 
-    def _convert(self, item: _Queued) -> list[Point] | None:
+    def _convert(self, item: _Queued) -> Sequence[Point] | None:
         """Points for one message, None if it is deliberately ignored; raises _Reject."""
         message = item.message
         try:
@@ -357,7 +378,7 @@ class IngestService:
             case TopicKind.TELEMETRY:
                 batch = self._decode(TelemetryBatch, message)
                 self._check_origin(batch.fleet, batch.device, topic.device, message.topic)
-                return self._telemetry(batch, item.received_at)
+                return self._telemetry(batch, item.received_at, message.payload)
             case TopicKind.PREDICTION:
                 pred = self._decode(Prediction, message)
                 self._check_origin(pred.fleet, pred.device, topic.device, message.topic)
@@ -413,10 +434,13 @@ class IngestService:
             self._windows.move_to_end(device)
         return window
 
-    def _telemetry(self, batch: TelemetryBatch, received_at: float) -> list[Point]:
+    def _telemetry(
+        self, batch: TelemetryBatch, received_at: float, payload: bytes
+    ) -> Sequence[Point]:
         limit = received_at + self.max_future_s
-        future = [r for r in batch.readings if r.ts > limit]
-        if len(future) == len(batch.readings):
+        readings = batch.readings
+        future = [r for r in readings if r.ts > limit]
+        if len(future) == len(readings):
             raise _Reject(
                 IngestReject.FUTURE_TIMESTAMP,
                 f"all {len(future)} reading(s) of {batch.device} are more than "
@@ -426,22 +450,46 @@ class IngestService:
             with self._stats_lock:
                 self._rejected_readings[IngestReject.FUTURE_TIMESTAMP] += len(future)
             log.warning("%s: dropped %d reading(s) from the future", batch.device, len(future))
+            current = [i for i, r in enumerate(readings) if r.ts <= limit]
+            batch = batch.model_copy(update={"readings": [readings[i] for i in current]})
         # Convert before recording seqs: a batch that cannot be encoded must not mark
         # its seqs as seen.
-        current = [r for r in batch.readings if r.ts <= limit]
-        points = telemetry_points(batch.model_copy(update={"readings": current}))
-        window = self._window(batch.device)
-        kept: list[Point] = []
-        duplicates = 0
-        for reading, point in zip(current, points, strict=True):
-            if window.seen(reading.seq, reading.ts):
-                duplicates += 1
-            else:
-                kept.append(point)
-        if duplicates:
+        if not self._line_protocol:
+            points = telemetry_points(batch)
+            fresh = self._window(batch.device).fresh(batch.readings)
+            self._count_duplicates(fresh)
+            return list(compress(points, fresh))
+        # A line-protocol sink: telemetry goes straight to line protocol (no Point per
+        # reading). Points are built only if someone asks for them, by decoding the
+        # payload again, so no decoded model outlives this call (it would only feed the
+        # garbage collector while the worker's drain is written).
+        lines = telemetry_lines(batch)
+        fresh = self._window(batch.device).fresh(batch.readings)
+        kept = self._count_duplicates(fresh)
+        if kept < len(fresh):
+            lines = list(compress(lines, fresh))
+        if not future and kept == len(fresh):
+            keep: tuple[int, ...] | None = None
+        else:
+            positions = current if future else range(len(readings))
+            keep = tuple(compress(positions, fresh))
+        return PointBatch(lines=lines, make_points=partial(self._points_again, payload, keep))
+
+    def _count_duplicates(self, fresh: list[bool]) -> int:
+        """Count the readings that are not fresh as duplicates; return how many are fresh."""
+        kept = sum(fresh)
+        if kept < len(fresh):
             with self._stats_lock:
-                self._duplicates += duplicates
+                self._duplicates += len(fresh) - kept
         return kept
+
+    def _points_again(self, payload: bytes, keep: tuple[int, ...] | None) -> list[Point]:
+        """The points of the kept readings of a telemetry payload that was accepted before."""
+        batch = decode_message(TelemetryBatch, payload, max_bytes=len(payload))
+        if keep is not None:
+            readings = batch.readings
+            batch = batch.model_copy(update={"readings": [readings[i] for i in keep]})
+        return telemetry_points(batch)
 
     # Counters --------------------------------------------------------------------------
     def _reject(self, reason: IngestReject, detail: str) -> None:

@@ -78,8 +78,12 @@ Rules that keep InfluxDB happy:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from typing import overload
+
+from pydantic_core import to_json
 
 from fedge.errors import MessageError, SinkError
 from fedge.messages import DeviceStatus, Prediction, RoundSummary, TelemetryBatch
@@ -89,11 +93,14 @@ __all__ = [
     "RESERVED_SENSOR_NAMES",
     "FieldValue",
     "Point",
+    "PointBatch",
     "health_points",
+    "line_bytes",
     "lines",
     "prediction_points",
     "round_points",
     "seconds_to_ns",
+    "telemetry_lines",
     "telemetry_points",
 ]
 
@@ -215,6 +222,97 @@ def lines(points: Iterable[Point]) -> str:
     return "\n".join(p.to_line() for p in points)
 
 
+class PointBatch(Sequence[Point]):
+    """An immutable sequence of points that also carries their line protocol.
+
+    The ingestion hot path formats telemetry straight from the wire message
+    (:func:`telemetry_lines`) instead of building a :class:`Point` per reading:
+    sinks that speak line protocol take :attr:`lines`; every other consumer sees
+    an ordinary ``Sequence[Point]`` whose points are built on first use (once).
+    ``lines[i]`` is always ``self[i].to_line().encode()``.
+    """
+
+    __slots__ = ("_len", "_lines", "_make_points", "_parts", "_points")
+
+    def __init__(
+        self,
+        *,
+        points: Sequence[Point] | None = None,
+        lines: list[bytes] | None = None,
+        make_points: Callable[[], Sequence[Point]] | None = None,
+    ) -> None:
+        if points is None and make_points is None:
+            raise ValueError("PointBatch needs points or a way to make them")
+        if lines is None and points is None:
+            raise ValueError("PointBatch needs its lines when its points are made lazily")
+        self._points = None if points is None else list(points)
+        self._lines = lines
+        self._make_points = make_points
+        self._parts: tuple[PointBatch, ...] = ()
+        self._len = len(lines) if lines is not None else len(self._points or ())
+
+    @classmethod
+    def concat(cls, parts: Iterable[Sequence[Point]]) -> PointBatch:
+        """Every part in order (PointBatch or plain sequences); nothing is formatted or
+        built until :attr:`lines` or the points are asked for."""
+        batches = tuple(p if isinstance(p, PointBatch) else cls(points=p) for p in parts)
+        if len(batches) == 1:
+            return batches[0]
+        out = cls(points=())
+        out._points = None
+        out._parts = batches
+        out._len = sum(b._len for b in batches)
+        return out
+
+    @property
+    def points(self) -> list[Point]:
+        """The points (built now if they were not yet)."""
+        if self._points is None:
+            if self._parts:
+                self._points = [p for part in self._parts for p in part.points]
+            elif self._make_points is not None:
+                self._points = list(self._make_points())
+                self._make_points = None
+            else:  # unreachable: __init__ requires points or make_points
+                raise RuntimeError("PointBatch has neither points nor a way to make them")
+        return self._points
+
+    @property
+    def lines(self) -> list[bytes]:
+        """Line protocol of every point, UTF-8, without newlines (formatted once)."""
+        if self._lines is None:
+            if self._parts:
+                self._lines = list(chain.from_iterable(part.lines for part in self._parts))
+            else:
+                self._lines = [p.to_line().encode() for p in self.points]
+        return self._lines
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> Point: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Point]: ...
+
+    def __getitem__(self, index: int | slice) -> Point | list[Point]:
+        return self.points[index]
+
+    def __iter__(self) -> Iterator[Point]:
+        return iter(self.points)
+
+    def __repr__(self) -> str:
+        return f"PointBatch({len(self)} points)"
+
+
+def line_bytes(points: Sequence[Point]) -> list[bytes]:
+    """UTF-8 line protocol of each point (precomputed ones of a :class:`PointBatch` reused)."""
+    if isinstance(points, PointBatch):
+        return points.lines
+    return [p.to_line().encode() for p in points]
+
+
 def telemetry_points(batch: TelemetryBatch) -> list[Point]:
     """One ``telemetry`` point per reading. Raises MessageError on a reserved sensor name."""
     tags: dict[str, str | None] = {
@@ -237,6 +335,130 @@ def telemetry_points(batch: TelemetryBatch) -> list[Point]:
         fields["cycle"] = None if reading.cycle is None else int(reading.cycle)
         points.append(Point.of("telemetry", tags, fields, seconds_to_ns(reading.ts)))
     return points
+
+
+# Sensor-name tuple -> the field part of a bytes %-format template (b"k1=%s,k2=%s,"), or
+# None when the names need the exact (slow) path because they would be refused. Bounded.
+_FIELDS_CACHE: dict[tuple[str, ...], bytes | None] = {}
+_FIELDS_CACHE_MAX = 4096
+
+
+def _fields_template(names: tuple[str, ...]) -> bytes | None:
+    try:
+        return _FIELDS_CACHE[names]
+    except KeyError:
+        pass
+    result: bytes | None
+    if RESERVED_SENSOR_NAMES.intersection(names) or any(
+        not isinstance(k, str) or not k or k.endswith("\\") for k in names
+    ):
+        result = None
+    else:
+        result = b"".join(_template_text(k.translate(_ESCAPE_KEY)) + b"=%s," for k in names)
+    if len(_FIELDS_CACHE) >= _FIELDS_CACHE_MAX:
+        _FIELDS_CACHE.clear()
+    _FIELDS_CACHE[names] = result
+    return result
+
+
+def _template_text(text: str) -> bytes:
+    return text.encode().replace(b"%", b"%%")
+
+
+def _float_texts(values: list[float]) -> list[bytes]:
+    """``repr(v).encode()`` of every (finite) float, formatted in one call.
+
+    pydantic-core's JSON serializer writes floats with Ryu: the shortest digits that
+    round-trip, like ``repr`` (same digits, same ``.0`` for integral values, same
+    fixed notation up to 1e16), at a fifth of its cost. They differ only in the
+    exponent form (Ryu ``1e-7``/``1e16``, repr ``1e-07``/``1e+16``) and for
+    ``1e-5 <= |v| < 1e-4`` (Ryu ``0.00001``, repr ``1e-05``), so any text with an
+    ``e`` or ``0.0000`` is taken from ``repr`` instead. Either text parses to the
+    same float.
+    """
+    if not values:
+        return []
+    text = to_json(values)
+    texts = text[1:-1].split(b",")
+    if b"e" in text or b"0.0000" in text:
+        texts = [
+            t if b"e" not in t and b"0.0000" not in t else repr(v).encode()
+            for t, v in zip(texts, values, strict=True)
+        ]
+    return texts
+
+
+def telemetry_lines(batch: TelemetryBatch) -> list[bytes]:
+    """``[p.to_line().encode() for p in telemetry_points(batch)]``, without the Point objects.
+
+    The ingestion hot path: one bytes %-format template per distinct sensor set holds
+    the escaped tag set and field keys, every float of the batch is formatted in one
+    call (:func:`_float_texts`), and each reading costs one format. Any reading that
+    :func:`telemetry_points` would refuse (reserved or invalid sensor name, non-finite
+    value, integer outside int64) sends the whole batch through
+    :func:`telemetry_points`, so errors are raised exactly as it raises them.
+    """
+    tags = sorted(
+        (k, v)
+        for k, v in (
+            ("fleet", batch.fleet),
+            ("device", batch.device),
+            ("site", batch.site),
+            ("unit", None if batch.unit is None else str(batch.unit)),
+        )
+        if v
+    )
+    if any(not isinstance(v, str) or v.endswith("\\") for _, v in tags):
+        return _slow_telemetry_lines(batch)
+    head = "telemetry" + "".join(
+        f",{k.translate(_ESCAPE_KEY)}={v.translate(_ESCAPE_KEY)}" for k, v in tags
+    )
+    head_template = _template_text(head) + b" "
+    templates: dict[tuple[tuple[str, ...], bool], bytes] = {}
+    floats: list[float] = []
+    extend = floats.extend
+    rows: list[tuple[bytes, int, int | None, int, int]] = []
+    append_row = rows.append
+    for reading in batch.readings:
+        values = reading.values
+        cycle = reading.cycle
+        key = (tuple(values), cycle is not None)
+        template = templates.get(key)
+        if template is None:
+            fields = _fields_template(key[0])
+            if fields is None:
+                return _slow_telemetry_lines(batch)
+            template = head_template + fields
+            template += b"seq=%di,cycle=%di %d" if key[1] else b"seq=%di %d"
+            templates[key] = template
+        seq = int(reading.seq)
+        if cycle is not None:
+            cycle = int(cycle)
+            if not _INT64_MIN <= cycle <= _INT64_MAX:
+                return _slow_telemetry_lines(batch)
+        if not _INT64_MIN <= seq <= _INT64_MAX:
+            return _slow_telemetry_lines(batch)
+        extend(map(float, values.values()))
+        append_row((template, seq, cycle, round(reading.ts * 1_000_000) * 1000, len(values)))
+    # A sum of finite floats is finite unless it overflows: then the exact path decides.
+    if not math.isfinite(sum(floats)):
+        return _slow_telemetry_lines(batch)
+    texts = _float_texts(floats)
+    out: list[bytes] = []
+    append = out.append
+    start = 0
+    for template, seq, cycle, time_ns, count in rows:
+        end = start + count
+        if cycle is None:
+            append(template % (*texts[start:end], seq, time_ns))
+        else:
+            append(template % (*texts[start:end], seq, cycle, time_ns))
+        start = end
+    return out
+
+
+def _slow_telemetry_lines(batch: TelemetryBatch) -> list[bytes]:
+    return [p.to_line().encode() for p in telemetry_points(batch)]
 
 
 def _alert_message(pred: Prediction) -> str:

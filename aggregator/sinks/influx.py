@@ -33,10 +33,11 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, cast
 
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import WriteOptions, WriteType
@@ -47,7 +48,7 @@ from urllib3.exceptions import MaxRetryError
 from aggregator.sinks.base import SinkStats
 from aggregator.sinks.spool import TelemetrySpool
 from fedge.errors import SinkError, StorageError
-from fedge.points import Point
+from fedge.points import Point, line_bytes
 
 __all__ = ["InfluxSink", "InfluxTarget"]
 
@@ -91,28 +92,27 @@ class InfluxTarget:
 
 @dataclass(slots=True)
 class _InFlight:
-    """Acknowledgement state of one spooled batch handed to the client."""
+    """Acknowledgement state of one spooled batch handed to the client.
+
+    Acknowledged lines are only counted (``ok``); lines that need an action (replay,
+    dead letter) are kept. The lines no callback reported on yet are exactly those
+    still mapped to this batch in the sink's line owners.
+    """
 
     total: int
     lines: list[bytes]
     since: float
-    ok: list[bytes] = field(default_factory=list)
+    ok: int = 0
     retry: list[bytes] = field(default_factory=list)
     reject: list[bytes] = field(default_factory=list)
 
     @property
     def answered(self) -> int:
-        return len(self.ok) + len(self.retry) + len(self.reject)
+        return self.ok + len(self.retry) + len(self.reject)
 
     @property
     def done(self) -> bool:
         return self.answered >= self.total
-
-    def unanswered(self) -> list[bytes]:
-        """Lines of the batch no callback has reported on yet."""
-        left = Counter(self.lines)
-        left.subtract(self.ok + self.retry + self.reject)
-        return list(left.elements())
 
 
 def _describe(exc: BaseException) -> str:
@@ -127,11 +127,19 @@ def _describe(exc: BaseException) -> str:
 class InfluxSink:
     """Zero-loss InfluxDB writer. Thread-safe; see the module docs for the design.
 
-    ``batch_size``/``flush_interval_ms`` shape the client's batches (in points);
+    ``batch_size``/``flush_interval_ms`` shape the client's batches (in points): no
+    request carries more than ``batch_size`` points. Small writes are coalesced line by
+    line by the client's batching WriteApi; a write of at least ``batch_size / 2``
+    points is already a batch, so it is cut into requests of at most ``batch_size``
+    points and handed to a second WriteApi of the same client that sends each as is
+    (same retries, callbacks and scheduler), sparing the per-line batching overhead.
     ``max_retries``/``retry_interval_ms``/``max_retry_time_ms`` bound the client's own
     in-memory retries, after which the durable spool takes over with
     ``replay_backoff_s`` (initial, maximum) seconds between probes.
     """
+
+    line_protocol: ClassVar[bool] = True
+    """Writes line protocol: takes a :class:`~fedge.points.PointBatch`'s preformatted lines."""
 
     def __init__(
         self,
@@ -155,6 +163,8 @@ class InfluxSink:
             raise SinkError("batch_size and flush_interval_ms must be positive")
         self.target = target
         self.close_timeout_s = close_timeout_s
+        self._batch_size = batch_size
+        self._direct_min = max(1, batch_size // 2)
         self._backoff_min, self._backoff_max = replay_backoff_s
         self._max_inflight = max_inflight_points or 10 * batch_size
         # A batch the client never answers (its pipeline died) is released for replay
@@ -170,10 +180,13 @@ class InfluxSink:
         self._cond = threading.Condition(self._lock)
         self._inflight: dict[int, _InFlight] = {}
         self._inflight_points = 0
-        # line -> ids of in-flight batches containing it. The client's callbacks only
-        # hand back the concatenated body, so lines are mapped back to their batches;
-        # identical lines are the same InfluxDB point, so which copy is credited is moot.
-        self._owners: dict[bytes, deque[int]] = {}
+        # line -> id of the in-flight batch containing it (a deque of ids, oldest first,
+        # for the rare line in flight more than once; ``_shared`` counts those). The
+        # client's callbacks only hand back the concatenated body, so lines are mapped
+        # back to their batches; identical lines are the same InfluxDB point, so which
+        # copy is credited is moot.
+        self._owners: dict[bytes, int | deque[int]] = {}
+        self._shared = 0
         self._breaker_open = False
         self._backoff = self._backoff_min
         self._next_probe = 0.0
@@ -188,19 +201,27 @@ class InfluxSink:
 
         # Our own scheduler: WriteOptions' default is one pool shared by every client.
         self._scheduler = ThreadPoolScheduler(1)
-        options = WriteOptions(
-            write_type=WriteType.batching,
-            batch_size=batch_size,
-            flush_interval=flush_interval_ms,
-            jitter_interval=0,
-            retry_interval=retry_interval_ms,
-            max_retries=max_retries,
-            max_retry_delay=max_retry_delay_ms,
-            max_retry_time=max_retry_time_ms,
-            exponential_base=2,
-            max_close_wait=int(close_timeout_s * 1000),
-            write_scheduler=self._scheduler,
-        )
+
+        def options(size: int) -> WriteOptions:
+            return WriteOptions(
+                write_type=WriteType.batching,
+                batch_size=size,
+                flush_interval=flush_interval_ms,
+                jitter_interval=0,
+                retry_interval=retry_interval_ms,
+                max_retries=max_retries,
+                max_retry_delay=max_retry_delay_ms,
+                max_retry_time=max_retry_time_ms,
+                exponential_base=2,
+                max_close_wait=int(close_timeout_s * 1000),
+                write_scheduler=self._scheduler,
+            )
+
+        callbacks = {
+            "success_callback": self._on_success,
+            "error_callback": self._on_error,
+            "retry_callback": self._on_retry,
+        }
         try:
             self._client = InfluxDBClient(
                 url=target.url,
@@ -209,12 +230,10 @@ class InfluxSink:
                 timeout=request_timeout_ms,
                 verify_ssl=verify_ssl,
             )
-            self._write_api = self._client.write_api(
-                write_options=options,
-                success_callback=self._on_success,
-                error_callback=self._on_error,
-                retry_callback=self._on_retry,
-            )
+            # Records are single lines here: the client's batch_size counts points.
+            self._write_api = self._client.write_api(write_options=options(batch_size), **callbacks)
+            # Records are ready-made requests of up to batch_size points here.
+            self._direct_api = self._client.write_api(write_options=options(1), **callbacks)
         except Exception as exc:
             self.spool.close()
             self._scheduler.executor.shutdown(wait=False)
@@ -232,7 +251,7 @@ class InfluxSink:
         """Spool ``points`` durably and queue them for InfluxDB; SinkError if refused."""
         if not points:
             return
-        lines = [p.to_line().encode() for p in points]
+        lines = line_bytes(points)
         body = b"\n".join(lines)
         with self._lock:
             if not self._accepting:
@@ -254,16 +273,50 @@ class InfluxSink:
         # Caller holds self._lock.
         self._inflight[batch_id] = _InFlight(len(lines), lines, time.monotonic())
         self._inflight_points += len(lines)
+        owners = self._owners
+        fresh = dict.fromkeys(lines, batch_id)
+        if len(fresh) == len(lines) and owners.keys().isdisjoint(fresh):
+            owners.update(fresh)  # the usual case: every line is in flight only here
+            return
         for line in lines:
-            self._owners.setdefault(line, deque()).append(batch_id)
+            owner = owners.get(line)
+            if owner is None:
+                owners[line] = batch_id
+            elif isinstance(owner, int):
+                owners[line] = deque((owner, batch_id))
+                self._shared += 1
+            else:
+                owner.append(batch_id)
+
+    def _take_owner(self, line: bytes) -> int | None:
+        # Caller holds self._lock. The oldest in-flight batch holding ``line``.
+        owner = self._owners.get(line)
+        if owner is None or isinstance(owner, int):
+            self._owners.pop(line, None)
+            return owner
+        batch_id = owner.popleft()
+        if not owner:
+            del self._owners[line]
+            self._shared -= 1
+        return batch_id
 
     def _submit(self, lines: list[bytes]) -> None:
         try:
-            self._write_api.write(
-                bucket=self.target.bucket,
-                org=self.target.org,
-                record=lines,  # one record per line: batch_size counts points
-            )  # default precision: nanoseconds, as Point.to_line writes
+            if len(lines) >= self._direct_min:
+                # Already a batch: requests of at most batch_size points, sent as they are.
+                size = self._batch_size
+                chunks = -(-len(lines) // size)
+                step = -(-len(lines) // chunks)  # equal-sized requests
+                records = [b"\n".join(lines[i : i + step]) for i in range(0, len(lines), step)]
+                self._direct_api.write(
+                    bucket=self.target.bucket, org=self.target.org, record=records
+                )
+            else:
+                self._write_api.write(
+                    bucket=self.target.bucket,
+                    org=self.target.org,
+                    record=lines,  # one record per line: batch_size counts points
+                )  # default precision: nanoseconds, as Point.to_line writes
         except Exception as exc:
             # Nothing reached the client, but the batch is safe in the spool: release its
             # lines so the replayer sends them later. The caller's write still succeeded.
@@ -319,31 +372,49 @@ class InfluxSink:
                 self._last_error = error
                 if outcome == "retry":
                     self._open_breaker()
-            for line in lines:
-                owners = self._owners.get(line)
-                if not owners:
+            if outcome == "ok" and not self._shared:
+                # Fast path, no line in flight twice: count acknowledged lines per batch.
+                owned = list(map(self._owners.pop, lines, repeat(None)))
+                # No shared line: every owner is a plain batch id (spool ids start at 1).
+                acked: Counter[int] = Counter(cast("Iterable[int]", filter(None, owned)))
+                if acked.total() < len(owned):
                     # Expected only for batches released as stale: they are replayed anyway.
-                    log.debug("acknowledged line not in flight (ignored): %.120r", line)
-                    continue
-                batch_id = owners.popleft()
-                if not owners:
-                    del self._owners[line]
-                state = self._inflight.get(batch_id)
-                if state is None:
-                    continue
-                self._inflight_points -= 1
-                answers: list[bytes] = getattr(state, outcome)  # .ok / .retry / .reject
-                answers.append(line)
-                if state.done:
-                    del self._inflight[batch_id]
-                    finished.append((batch_id, state))
+                    log.debug("%d acknowledged line(s) not in flight", owned.count(None))
+                for batch_id, count in acked.items():
+                    state = self._inflight.get(batch_id)
+                    if state is None:
+                        continue
+                    self._inflight_points -= count
+                    state.ok += count
+                    if state.done:
+                        del self._inflight[batch_id]
+                        finished.append((batch_id, state))
+            else:
+                for line in lines:
+                    owner = self._take_owner(line)
+                    if owner is None:
+                        # Expected only for batches released as stale: replayed anyway.
+                        log.debug("acknowledged line not in flight (ignored): %.120r", line)
+                        continue
+                    state = self._inflight.get(owner)
+                    if state is None:
+                        continue
+                    self._inflight_points -= 1
+                    if outcome == "ok":
+                        state.ok += 1
+                    else:
+                        answers: list[bytes] = getattr(state, outcome)  # .retry / .reject
+                        answers.append(line)
+                    if state.done:
+                        del self._inflight[owner]
+                        finished.append((owner, state))
             for batch_id, state in finished:
                 self._settle(batch_id, state, error)
             self._cond.notify_all()
 
     def _settle(self, batch_id: int, state: _InFlight, error: str | None) -> None:
         # Caller holds self._lock. Update the spool only after the whole batch is answered.
-        self._written += len(state.ok)
+        self._written += state.ok
         if self.spool.closed:
             return  # a late callback after close: the batch stays spooled for next start
         try:
@@ -381,14 +452,21 @@ class InfluxSink:
                 self._stale_after_s,
             )
             self._inflight_points -= state.total - state.answered
+            # The lines still mapped to this batch are the ones nobody answered.
+            unanswered: list[bytes] = []
             for line in state.lines:
-                owners = self._owners.get(line)
-                if owners is not None and batch_id in owners:
-                    owners.remove(batch_id)
-                    if not owners:
+                owner = self._owners.get(line)
+                if owner == batch_id:
+                    del self._owners[line]
+                    unanswered.append(line)
+                elif isinstance(owner, deque) and batch_id in owner:
+                    owner.remove(batch_id)
+                    if not owner:
                         del self._owners[line]
+                        self._shared -= 1
+                    unanswered.append(line)
             # Keep what was acknowledged acknowledged: only the rest is replayed.
-            state.retry += state.unanswered()
+            state.retry += unanswered
             self._settle(batch_id, state, "no answer from the client")
 
     def _replay_once(self) -> None:
@@ -407,12 +485,12 @@ class InfluxSink:
             budget = self._max_inflight - self._inflight_points
             if budget <= 0:
                 return
-            for batch in self.spool.pending(limit=limit, exclude=self._inflight.keys()):
-                if batches and batch.points > budget:
-                    break
+            # Only the batches that fit the in-flight budget are read back from the spool.
+            for batch in self.spool.pending(
+                limit=limit, exclude=self._inflight.keys(), max_points=budget
+            ):
                 lines = batch.lines
                 self._register(batch.id, lines)
-                budget -= len(lines)
                 batches.append(lines)
             if self._breaker_open:
                 self._next_probe = time.monotonic() + self._backoff
@@ -467,6 +545,7 @@ class InfluxSink:
             # Completes the client's stream so its last window is written (not dropped),
             # waiting at most max_close_wait.
             self._write_api.close()  # type: ignore[no-untyped-call]  # untyped library
+            self._direct_api.close()  # type: ignore[no-untyped-call]
             self._client.close()  # type: ignore[no-untyped-call]
         except Exception as exc:
             log.warning("error while closing the InfluxDB client: %s", _describe(exc))
