@@ -34,6 +34,8 @@ measurement        field                      type    meaning
 ``prediction``     ``model_version``          int     global model version used
 ``prediction``     ``horizon``                int     horizon of the probability (cycles)
 ``prediction``     ``alert``                  bool    the agent raised an alert
+``prediction``     ``unit``*                  int     machine unit the window came from
+``prediction``     ``cycle``*                 int     cycle of the window's last reading
 ``device_health``  ``online``                 int     1 online, 0 offline
 ``device_health``  ``buffer_depth``*          int     readings waiting in the agent's buffer
 ``device_health``  ``cpu_percent``*           float   agent CPU use
@@ -482,6 +484,9 @@ def prediction_points(pred: Prediction) -> list[Point]:
                 "model_version": int(pred.model_version),
                 "horizon": int(pred.horizon),
                 "alert": bool(pred.alert),
+                # None fields are omitted by Point.of; both are ints whenever present.
+                "unit": None if pred.unit is None else int(pred.unit),
+                "cycle": None if pred.cycle is None else int(pred.cycle),
             },
             time_ns,
         )

@@ -90,6 +90,24 @@ def test_prediction_without_alert() -> None:
     ]
 
 
+def test_prediction_carries_unit_and_cycle_as_ints() -> None:
+    pred = Prediction(
+        fleet="demo",
+        device="pump-01",
+        ts=TS,
+        model_version=4,
+        rul=87.5,
+        failure_probability=0.05,
+        horizon=30,
+        unit=3,
+        cycle=141,
+    )
+    assert [p.to_line() for p in prediction_points(pred)] == [
+        "prediction,device=pump-01,fleet=demo rul=87.5,failure_probability=0.05,"
+        f"model_version=4i,horizon=30i,alert=false,unit=3i,cycle=141i {TS_NS}"
+    ]
+
+
 def test_prediction_with_alert_adds_alert_point() -> None:
     pred = Prediction(
         fleet="demo",
