@@ -462,7 +462,9 @@ class EdgeAgent:
             rul=float(rul[0]),
             failure_probability=float(np.clip(prob[0], 0.0, 1.0)),
             horizon=spec.horizon,
-            alert=bool(rul[0] < self.config.alert_rul),
+            # Version 0 only carries the fleet's normalisation (no training yet): its
+            # predictions are published for completeness but must not page anyone.
+            alert=bool(self.model_version > 0 and rul[0] < self.config.alert_rul),
             unit=self._current_unit,
             cycle=self._current_cycle,
         )

@@ -242,7 +242,8 @@ def run_demo(
             key = (device, unit)
             if key not in lengths:
                 lengths[key] = simulators[device].unit(unit).n_cycles
-            return float(lengths[key] - 1 - cycle)
+            # Capped like the training targets: the model is not asked to tell 300 from 200.
+            return float(min(lengths[key] - 1 - cycle, spec.rul_cap))
 
         report_path = write_report(
             telemetry_path,

@@ -84,7 +84,7 @@ def _device_plot(device: str, preds: list[Point], truth: TruthFn | None) -> str:
                 if value is not None:
                     pairs.append((x, value))
         if pairs:
-            ax.plot(*zip(*pairs, strict=True), label="true", linestyle="--")
+            ax.plot(*zip(*pairs, strict=True), label="true (capped)", linestyle="--")
     ax.set(title=device, xlabel="seconds into the demo", ylabel="RUL (cycles)")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -1,0 +1,188 @@
+"""EdgeAgent behaviour over the in-memory transport (no broker, no threads)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.sources import SimulatedSensorSource
+from edge_agent.store import ReadingStore
+from fedge.codec import FrameHeader, decode_frame, encode_frame
+from fedge.config import AgentConfig, ModelSpec
+from fedge.data.simulator import SENSOR_NAMES, SiteProfile
+from fedge.data.windows import FeatureStats
+from fedge.messages import (
+    Prediction,
+    RoundAnnouncement,
+    TelemetryBatch,
+    decode_message,
+    encode_message,
+)
+from fedge.models import build_model, state_tensors
+from fedge.topics import Topics
+from fedge.transport import InboundMessage, InMemoryBroker, InMemoryTransport
+
+FLEET = "unit"
+TOPICS = Topics(FLEET)
+SPEC = ModelSpec(n_features=len(SENSOR_NAMES))
+
+
+class Recorder:
+    """A subscriber that keeps everything it receives."""
+
+    def __init__(self, broker: InMemoryBroker, *filters: str) -> None:
+        self.messages: list[InboundMessage] = []
+        self.transport = broker.transport("recorder")
+        self.transport.connect(on_message=self.messages.append)
+        for f in filters:
+            self.transport.subscribe(f)
+
+    def on(self, topic: str) -> list[InboundMessage]:
+        return [m for m in self.messages if m.topic == topic]
+
+
+def make_agent(tmp_path: Path, broker: InMemoryBroker, **config: object) -> EdgeAgent:
+    cfg = AgentConfig.model_validate(
+        {
+            "fleet": FLEET,
+            "device": "dev-1",
+            "store_path": tmp_path / "a.sqlite",
+            "sample_interval_s": 0.0,
+            **config,
+        }
+    )
+    return EdgeAgent(
+        cfg,
+        transport=broker.transport("dev-1"),
+        source=SimulatedSensorSource(profile=SiteProfile(), seed=1),
+        store=ReadingStore(cfg.store_path, n_features=len(SENSOR_NAMES)),
+        history_units=3,
+    )
+
+
+def global_frame(version: int, *, seed: int = 0) -> bytes:
+    header = FrameHeader(
+        kind="global",
+        fleet=FLEET,
+        round_id=version,
+        base_version=version,
+        version=version,
+        model=SPEC,
+    )
+    return encode_frame(header, state_tensors(build_model(SPEC, seed=seed)))
+
+
+def publisher(broker: InMemoryBroker) -> InMemoryTransport:
+    """A connected stand-in for the aggregator."""
+    transport = broker.transport("aggregator")
+    transport.connect(on_message=lambda m: None)
+    return transport
+
+
+def announce(server: InMemoryTransport, round_id: int, task: str, base_version: int) -> None:
+    ann = RoundAnnouncement(
+        fleet=FLEET,
+        round_id=round_id,
+        task=task,  # type: ignore[arg-type]
+        base_version=base_version,
+        issued_at=time.time(),
+        deadline=time.time() + 60,
+        min_clients=1,
+    )
+    server.publish(TOPICS.round_current, encode_message(ann), retain=True)
+
+
+def test_telemetry_batches_carry_increasing_sequence_numbers(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_telemetry)
+    agent = make_agent(tmp_path, broker, telemetry_batch=4)
+    agent.start()
+    for i in range(10):
+        agent._sample(time.time() + i * 0.001)
+    queued = agent.flush_telemetry(time.time())
+    agent.step()  # acknowledgements arrive; the readings are marked sent
+    assert queued == 10
+    batches = [decode_message(TelemetryBatch, m.payload) for m in rec.on(TOPICS.telemetry("dev-1"))]
+    assert [len(b.readings) for b in batches] == [4, 4, 2]
+    seqs = [r.seq for b in batches for r in b.readings]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 10
+    assert set(batches[0].readings[0].values) == set(SENSOR_NAMES)
+    agent._ack_telemetry(wait=0.0)
+    assert agent.store.unsent_count() == 0
+    agent.stop()
+    agent.store.close()
+
+
+def test_bad_global_model_is_counted_not_fatal(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    agent = make_agent(tmp_path, broker)
+    agent.start()
+    server = publisher(broker)
+    server.publish(TOPICS.global_model, b"FEDG\x01\x00garbage", retain=True)
+    agent.step()
+    assert agent.stats.rejected_messages == 1 and agent.model is None
+    server.publish(TOPICS.global_model, global_frame(2), retain=True)
+    agent.step()
+    assert agent.model_version == 2
+    agent.stop()
+    agent.store.close()
+
+
+@pytest.mark.parametrize(("version", "alerts"), [(0, False), (1, True)])
+def test_untrained_model_never_raises_alerts(tmp_path: Path, version: int, alerts: bool) -> None:
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_predictions)
+    agent = make_agent(tmp_path, broker, alert_rul=1e9)  # any prediction is "below" it
+    agent.start()
+    agent._sample(time.time())
+    publisher(broker).publish(TOPICS.global_model, global_frame(version), retain=True)
+    agent.step()
+    preds = [decode_message(Prediction, m.payload) for m in rec.on(TOPICS.prediction("dev-1"))]
+    assert preds and all(p.model_version == version for p in preds)
+    assert all(p.alert is alerts for p in preds)
+    assert preds[-1].unit is not None and preds[-1].cycle == 0
+    agent.stop()
+    agent.store.close()
+
+
+def test_stats_reply_is_exactly_the_local_feature_sums(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_updates)
+    agent = make_agent(tmp_path, broker)
+    agent.start()
+    announce(publisher(broker), 0, "stats", 0)
+    agent.step()
+    (reply,) = rec.on(TOPICS.update(0, "dev-1"))
+    frame = decode_frame(reply.payload)
+    local = FeatureStats.combine(
+        FeatureStats.from_array(agent.store.unit_data(u).values) for u in agent.store.failed_units()
+    )
+    assert frame.header.kind == "stats" and frame.header.num_examples == local.count
+    np.testing.assert_allclose(frame.tensors["sum"], local.sum)
+    np.testing.assert_allclose(frame.tensors["sumsq"], local.sumsq)
+    agent.stop()
+    agent.store.close()
+
+
+def test_train_round_waits_for_its_base_model(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_updates)
+    agent = make_agent(tmp_path, broker)
+    agent.start()
+    server = publisher(broker)
+    announce(server, 5, "train", 3)
+    agent.step()
+    assert rec.on(TOPICS.update(5, "dev-1")) == []  # no model v3 yet: nothing to train from
+    server.publish(TOPICS.global_model, global_frame(3), retain=True)
+    agent.step()
+    (reply,) = rec.on(TOPICS.update(5, "dev-1"))
+    frame = decode_frame(reply.payload)
+    assert frame.header.kind == "update" and frame.header.base_version == 3
+    assert frame.header.num_examples > 0 and "train_loss" in frame.header.metrics
+    assert "input_mean" not in frame.tensors  # updates carry trainable tensors only
+    agent.stop()
+    agent.store.close()
