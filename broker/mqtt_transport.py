@@ -112,6 +112,7 @@ class PahoTransport:
         self._loop_started = False
         self._pending: list[_PahoPublishHandle] = []
         self.reconnects = 0
+        self.unsolicited = 0
 
     @property
     def connected(self) -> bool:
@@ -140,9 +141,25 @@ class PahoTransport:
         if reason.is_failure:
             log.info("%s disconnected (%s); paho reconnects", self.client_id, reason)
 
+    def _subscribed_to(self, topic: str) -> bool:
+        with self._lock:
+            filters = list(self._filters)
+        # "$share/<group>/<filter>" delivers topics matching <filter>.
+        return any(
+            mqtt.topic_matches_sub(f.split("/", 2)[2] if f.startswith("$share/") else f, topic)
+            for f in filters
+        )
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         callback = self._on_message_cb
         if callback is None:
+            return
+        if not self._subscribed_to(msg.topic):
+            # amqtt (the embedded broker) sometimes hands a new subscriber every
+            # retained message, not only those matching its filters; a conforming
+            # broker never does. Drop them here so no handler sees foreign topics.
+            self.unsolicited += 1
+            log.debug("%s: dropped message on unsubscribed topic %s", self.client_id, msg.topic)
             return
         try:
             callback(

@@ -7,6 +7,7 @@ bring the global version from 0 to 3 with every agent on the final model.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,7 @@ def test_three_rounds_over_real_broker(
     try:
         probe.subscribe(Topics(FLEET).global_model)
         assert wait_until(lambda: bool(received), timeout=10)
+        assert {m.topic for m in received} == {Topics(FLEET).global_model}
         frame = decode_frame(received[0].payload)
         assert received[0].retain and frame.header.version == 3
     finally:
@@ -176,3 +178,25 @@ def test_aggregator_restart_resumes_from_checkpoint(
         assert wait_until(lambda: all(a.model_version == 3 for a in fleet.agents), timeout=20)
     finally:
         _stop_fleet(fleet)
+
+
+def test_messages_on_unsubscribed_topics_never_reach_the_handler(
+    embedded_broker: BrokerProcess,
+) -> None:
+    endpoint = BrokerEndpoint.from_url(embedded_broker.url)
+    publisher = PahoTransport(endpoint, client_id="pub")
+    publisher.connect(on_message=lambda m: None)
+    for i in range(20):
+        publisher.publish(f"fedge/v1/{FLEET}/devices/d{i}/status", b"{}", retain=True).wait(5)
+    publisher.publish(Topics(FLEET).global_model, b"FEDG", retain=True).wait(5)
+    got: list[InboundMessage] = []
+    probe = PahoTransport(endpoint, client_id="probe-2")
+    probe.connect(on_message=got.append)
+    try:
+        probe.subscribe(Topics(FLEET).global_model)
+        assert wait_until(lambda: bool(got), timeout=10)
+        time.sleep(0.3)  # anything misdelivered would have arrived by now
+        assert [m.topic for m in got] == [Topics(FLEET).global_model]
+    finally:
+        probe.close()
+        publisher.close()
