@@ -95,6 +95,13 @@ class ModelSpec(BaseModel):
     hidden: Annotated[int, Field(ge=4, le=256)] = 32
     rul_cap: Annotated[float, Field(gt=0)] = 125.0
     horizon: Annotated[int, Field(ge=1)] = 30
+    # "cnn" model only (see fedge/models/cnn.py for why these values):
+    # learnt temporal filters shared by all sensors,
+    filters: Annotated[int, Field(ge=1, le=64)] = 8
+    # dropout on the filter outputs,
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    # training-time random per-sensor offset (in standard deviations) added to each window.
+    offset_noise: Annotated[float, Field(ge=0.0, le=10.0)] = 0.3
 
 
 class _FedgeSettings(BaseSettings):

@@ -1,0 +1,186 @@
+"""Model zoo invariants and the local training loop (fedge.models, fedge.training)."""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+import pytest
+import torch
+
+from fedge.config import ModelSpec
+from fedge.messages import TrainingConfig
+from fedge.models import build_model, count_parameters, state_tensors
+from fedge.training import WindowDataset, evaluate, predict, train_local
+
+ARCHITECTURES: tuple[str, ...] = typing.get_args(ModelSpec.model_fields["name"].annotation)
+MAX_PARAMETERS = 200_000  # the Raspberry Pi budget
+SMALL = {"n_features": 3, "window": 8, "hidden": 8}
+
+
+def _spec(name: str, **kw: typing.Any) -> ModelSpec:
+    return ModelSpec.model_validate({"name": name, **kw})
+
+
+def test_architectures_are_known() -> None:
+    assert set(ARCHITECTURES) == {"cnn", "gru"}
+    assert ModelSpec().name == "cnn"
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # C-MAPSS: 14 sensors, window 30
+        {"n_features": 15},  # the simulator's sensors
+        {"n_features": 24},  # C-MAPSS FD002/FD004 with settings
+    ],
+)
+def test_parameter_budget(name: str, kw: dict[str, int]) -> None:
+    assert count_parameters(build_model(_spec(name, **kw))) <= MAX_PARAMETERS
+
+
+def test_default_cnn_is_tiny() -> None:
+    # 30*8+8 temporal filters, 14*8*32+32 and 32*32+32 MLP, two 33-weight heads.
+    assert count_parameters(build_model(ModelSpec())) == 4_986
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("kw", [{}, SMALL])
+def test_output_shapes(name: str, kw: dict[str, int]) -> None:
+    spec = _spec(name, **kw)
+    model = build_model(spec).eval()
+    rul, logit = model(torch.randn(5, spec.window, spec.n_features))
+    assert rul.shape == (5,)
+    assert logit.shape == (5,)
+    assert torch.isfinite(rul).all() and torch.isfinite(logit).all()
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_build_is_deterministic_per_seed(name: str) -> None:
+    spec = _spec(name, **SMALL)
+    a, b, c = (state_tensors(build_model(spec, seed=s)) for s in (3, 3, 4))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_normalisation_buffers_are_applied(name: str) -> None:
+    """A model with stats (m, s) on raw x equals the same weights on (x - m) / s."""
+    spec = _spec(name, **SMALL)
+    model = build_model(spec, seed=1).eval()
+    x = torch.randn(4, spec.window, spec.n_features)
+    mean = torch.tensor([100.0, -5.0, 0.5])
+    std = torch.tensor([10.0, 0.1, 2.0])
+    with torch.no_grad():
+        expected = model((x - mean) / std)
+        model.input_mean.copy_(mean)
+        model.input_std.copy_(std)
+        got = model(x)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-4)
+    # The buffers travel with the weights (the global model frame carries them) ...
+    assert {"input_mean", "input_std"} <= set(model.state_dict())
+    # ... but are not trained (updates carry trainable tensors only).
+    assert {"input_mean", "input_std"}.isdisjoint(n for n, _ in model.named_parameters())
+
+
+def test_cnn_training_noise_only_in_train_mode() -> None:
+    spec = ModelSpec(**SMALL)
+    assert spec.offset_noise > 0 and spec.dropout > 0
+    model = build_model(spec)
+    x = torch.randn(6, spec.window, spec.n_features)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], model(x)[0])
+        model.train()
+        assert not torch.allclose(model(x)[0], model(x)[0])
+
+
+def _synthetic(n_units: int, spec: ModelSpec, seed: int) -> WindowDataset:
+    """Windows whose first sensor drifts upwards as RUL falls; the rest is noise."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for _ in range(n_units):
+        life = int(rng.integers(60, 120))
+        t = np.arange(life, dtype=np.float32)
+        rul = (life - 1 - t).astype(np.float32)
+        sensors = rng.normal(size=(life, spec.n_features)).astype(np.float32) * 0.1
+        sensors[:, 0] += np.maximum(0.0, 60.0 - rul) / 20.0
+        for end in range(spec.window - 1, life):
+            xs.append(sensors[end - spec.window + 1 : end + 1])
+            ys.append(min(float(rul[end]), spec.rul_cap))
+    return WindowDataset(np.stack(xs), np.asarray(ys, dtype=np.float32))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_training_reduces_error(name: str) -> None:
+    torch.set_num_threads(1)
+    spec = _spec(name, **SMALL, rul_cap=60.0)
+    train, held_out = _synthetic(12, spec, seed=0), _synthetic(4, spec, seed=1)
+    model = build_model(spec, seed=0)
+    before = evaluate(model, held_out).rmse
+    result = train_local(
+        model, train, TrainingConfig(epochs=15, batch_size=64, learning_rate=3e-3), seed=0
+    )
+    after = evaluate(model, held_out).rmse
+    assert result.num_examples == len(train)
+    assert result.steps == 15 * -(-len(train) // 64)
+    assert np.isfinite(result.loss)
+    assert after < 0.5 * before, (before, after)
+    assert not model.training  # left ready for inference
+
+
+def test_max_examples_subsamples() -> None:
+    spec = ModelSpec(**SMALL)
+    data = _synthetic(3, spec, seed=0)
+    result = train_local(
+        build_model(spec), data, TrainingConfig(batch_size=16, max_examples=40), seed=0
+    )
+    assert result.num_examples == 40
+    assert result.steps == 3
+
+
+def test_empty_data_is_a_no_op() -> None:
+    spec = ModelSpec(**SMALL)
+    model = build_model(spec)
+    before = state_tensors(model)
+    empty = WindowDataset.concat([], n_features=spec.n_features, window=spec.window)
+    result = train_local(model, empty, TrainingConfig())
+    assert result.num_examples == 0 and result.steps == 0
+    after = state_tensors(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def _distance(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> float:
+    with torch.no_grad():
+        return float(sum(((p - reference[k]) ** 2).sum() for k, p in model.named_parameters()))
+
+
+def test_fedprox_pulls_towards_reference() -> None:
+    torch.set_num_threads(1)
+    spec = ModelSpec(**SMALL, rul_cap=60.0)
+    data = _synthetic(6, spec, seed=2)
+    base = build_model(spec, seed=0)
+    reference = {k: v.detach().clone() for k, v in base.named_parameters()}
+    distances = {}
+    for mu in (0.0, 1.0):
+        local = build_model(spec)
+        local.load_state_dict(base.state_dict())
+        config = TrainingConfig(epochs=3, batch_size=32, learning_rate=3e-3, proximal_mu=mu)
+        train_local(local, data, config, seed=0, reference=reference)
+        distances[mu] = _distance(local, reference)
+    assert 0 < distances[1.0] < 0.5 * distances[0.0], distances
+
+
+def test_predict_clips_rul_and_returns_probabilities() -> None:
+    spec = ModelSpec(**SMALL)
+    model = build_model(spec)
+    with torch.no_grad():
+        model.rul_head.bias.fill_(-10.0)  # push every prediction below zero
+    rul, prob = predict(model, np.zeros((3, spec.window, spec.n_features), np.float32))
+    assert rul.shape == prob.shape == (3,)
+    assert (rul == 0).all()
+    assert ((prob >= 0) & (prob <= 1)).all()
+    empty_rul, empty_prob = predict(model, np.zeros((0, spec.window, spec.n_features), np.float32))
+    assert empty_rul.shape == empty_prob.shape == (0,)
