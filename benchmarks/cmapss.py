@@ -42,6 +42,7 @@ from fedge.data.cmapss import (
     unit_runs,
 )
 from fedge.data.simulator import UnitRun
+from fedge.data.splits import split_iid, split_noniid
 from fedge.data.windows import FeatureStats, last_window, make_windows
 from fedge.messages import TrainingConfig
 from fedge.metrics import nasa_score, rmse
@@ -99,26 +100,6 @@ def run_central(
         )
     err, score = _score(model, *test)
     return RunResult("centralized", seed, err, score, epochs, time.monotonic() - started)
-
-
-def split_iid(runs: list[UnitRun], clients: int, rng: np.random.Generator) -> list[list[UnitRun]]:
-    order = rng.permutation(len(runs))
-    return [[runs[i] for i in chunk] for chunk in np.array_split(order, clients)]
-
-
-def split_noniid(
-    runs: list[UnitRun], clients: int, rng: np.random.Generator, *, min_engines: int = 3
-) -> list[list[UnitRun]]:
-    """Engines sorted by lifetime, cut into contiguous groups of Dirichlet-drawn sizes."""
-    order = sorted(range(len(runs)), key=lambda i: runs[i].n_cycles)
-    spare = len(runs) - clients * min_engines
-    if spare < 0:
-        raise ValueError(f"{len(runs)} engines cannot give {clients} clients {min_engines} each")
-    extra = np.floor(rng.dirichlet(np.full(clients, 0.7)) * spare).astype(int)
-    extra[: spare - int(extra.sum())] += 1
-    sizes = min_engines + extra
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [[runs[i] for i in order[bounds[c] : bounds[c + 1]]] for c in range(clients)]
 
 
 def run_federated(

@@ -26,6 +26,7 @@ from fedge.data.simulator import (
     UnitRun,
     make_site_profiles,
 )
+from fedge.data.splits import split_iid, split_noniid
 from fedge.data.windows import (
     DEFAULT_RUL_CAP,
     DEFAULT_WINDOW,
@@ -59,4 +60,6 @@ __all__ = [
     "operating_regimes",
     "prepare",
     "rul_targets",
+    "split_iid",
+    "split_noniid",
 ]

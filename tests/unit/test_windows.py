@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -201,3 +202,28 @@ def test_merged_stats_equal_stats_of_concatenation(parts: list[np.ndarray]) -> N
             np.testing.assert_allclose(
                 stats.std, np.maximum(pooled.std(axis=0), 1e-6), rtol=1e-6, atol=1e-4
             )
+
+
+def test_splits_partition_every_unit_once_with_skew() -> None:
+    from fedge.data.simulator import UnitRun
+    from fedge.data.splits import split_iid, split_noniid
+
+    runs = [
+        UnitRun(
+            unit=i,
+            fault_mode="x",
+            regimes=np.zeros(n, np.int64),
+            sensors=np.zeros((n, 2), np.float32),
+        )
+        for i, n in enumerate(range(100, 200, 2))  # 50 units, lifetimes 100..198
+    ]
+    rng = np.random.default_rng(0)
+    for parts in (split_iid(runs, 10, rng), split_noniid(runs, 10, rng)):
+        assert sorted(r.unit for p in parts for r in p) == list(range(50))
+    iid = split_iid(runs, 10, np.random.default_rng(1))
+    assert {len(p) for p in iid} == {5}
+    skewed = split_noniid(runs, 10, np.random.default_rng(1))
+    assert min(len(p) for p in skewed) >= 3 and len({len(p) for p in skewed}) > 1
+    # Contiguous lifetime ranges: every unit of client c outlives every unit of client c-1.
+    for lower, upper in itertools.pairwise(skewed):
+        assert max(r.n_cycles for r in lower) <= min(r.n_cycles for r in upper)
