@@ -6,6 +6,7 @@ import logging
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,7 +38,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
+# Piped to a file or CI log, rich would wrap the summary table at 80 columns.
+out = Console() if sys.stdout.isatty() else Console(width=140)
 
 ConfigOpt = Annotated[
     Path | None,
