@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.errors import StorageError
+from fedge.storage import open_sqlite
 
 __all__ = ["ReadingStore", "StoredReading", "UnitData"]
 
@@ -72,18 +73,17 @@ class ReadingStore:
         self.n_features = n_features
         self.max_readings = max_readings
         self.dropped_unsent = 0
+        # Built on one thread and handed to the agent's thread, its only user then.
+        # synchronous=NORMAL is durable across application crashes in WAL mode; only a
+        # power loss can cost the last few transactions, and it is much cheaper on SD cards.
+        self._db = open_sqlite(
+            Path(self.path),
+            schema=_SCHEMA,
+            what="reading store",
+            error=StorageError,
+            create_parents=False,
+        )
         try:
-            # The store is built on one thread and handed to the agent's thread, which
-            # then is its only user; sqlite3's same-thread guard would refuse that.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open reading store {self.path}: {exc}") from exc
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable across application crashes in WAL mode; only a power
-            # loss can cost the last few transactions, and it is much cheaper on SD cards.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
             self._check_features()
             self._count = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
         except sqlite3.Error as exc:

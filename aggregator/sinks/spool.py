@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from fedge.errors import StorageError
+from fedge.storage import open_sqlite
 
 __all__ = ["SpoolStats", "SpooledBatch", "TelemetrySpool"]
 
@@ -98,27 +99,23 @@ class TelemetrySpool:
     ) -> None:
         if max_bytes <= 0 or max_batches <= 0:
             raise StorageError("spool limits must be positive")
-        if synchronous not in ("FULL", "NORMAL"):
-            raise StorageError(f"invalid synchronous mode {synchronous!r}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.max_batches = max_batches
         self._lock = threading.Lock()
+        # The sink's writer, the HTTP callback thread and the replayer all use the
+        # spool; self._lock serialises them. Batches are large blobs: 64 KiB pages
+        # store, free and fsync them with a fraction of the page bookkeeping of the
+        # 4 KiB default (about 4x faster appends and removals).
+        self._db = open_sqlite(
+            self.path,
+            schema=_SCHEMA,
+            what="spool",
+            error=StorageError,
+            synchronous=synchronous,
+            page_size=65536,
+        )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # check_same_thread=False: the sink's writer, the HTTP callback thread and the
-            # replayer all use the spool; self._lock serialises them.
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open spool {self.path}: {exc}") from exc
-        try:
-            # Batches are large blobs: 64 KiB pages store, free and fsync them with a
-            # fraction of the page bookkeeping of the 4 KiB default (about 4x faster
-            # appends and removals). Only takes effect for a new file.
-            self._db.execute("PRAGMA page_size=65536")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
             row = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(points), 0), COALESCE(SUM(bytes), 0) FROM batches"
             ).fetchone()

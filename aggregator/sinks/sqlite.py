@@ -38,6 +38,7 @@ from typing import Literal
 from aggregator.sinks.base import SinkStats
 from fedge.errors import SinkError
 from fedge.points import FieldValue, Point
+from fedge.storage import open_sqlite
 
 __all__ = ["SqliteSink"]
 
@@ -94,22 +95,11 @@ class SqliteSink:
     def __init__(
         self, path: Path | str, *, synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
     ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise SinkError(f"invalid synchronous mode {synchronous!r}")
         self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise SinkError(f"cannot open SQLite sink {self.path}: {exc}") from exc
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise SinkError(f"cannot initialise SQLite sink {self.path}: {exc}") from exc
+        self._lock = threading.Lock()  # serialises the connection across threads
+        self._db = open_sqlite(
+            self.path, schema=_SCHEMA, what="SQLite sink", error=SinkError, synchronous=synchronous
+        )
         self._written = 0
         self._batches = 0
         self._errors = 0
