@@ -32,7 +32,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.sources import ReplaySensorSource
 from fedge.config import AggregatorConfig, ModelSpec
 from fedge.data.cmapss import (
     feature_names,
@@ -47,7 +46,7 @@ from fedge.data.windows import FeatureStats, last_window, make_windows
 from fedge.messages import TrainingConfig
 from fedge.metrics import nasa_score, rmse
 from fedge.models import FaultModel, build_model, count_parameters, load_tensors
-from fedge.simulation import SimulatedDevice, simulate_fleet
+from fedge.simulation import replay_devices, simulate_fleet
 from fedge.training import WindowDataset, predict, train_local
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,14 +113,7 @@ def run_federated(
     strategy: str,
     seed: int,
 ) -> RunResult:
-    devices = [
-        SimulatedDevice(
-            device=f"client-{i:02d}",
-            source=ReplaySensorSource(sensor_names=names, history=part),
-            history_units=len(part),
-        )
-        for i, part in enumerate(parts)
-    ]
+    devices = replay_devices(parts, names)
     config = AggregatorConfig(
         fleet="cmapss",
         rounds=rounds,

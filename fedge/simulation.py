@@ -19,13 +19,14 @@ import numpy as np
 from aggregator.checkpoint import CheckpointStore
 from aggregator.service import AggregatorService
 from edge_agent.agent import EdgeAgent
-from edge_agent.sources import SensorSource
+from edge_agent.sources import ReplaySensorSource, SensorSource
 from edge_agent.store import ReadingStore
 from fedge.config import AgentConfig, AggregatorConfig
+from fedge.data.simulator import UnitRun
 from fedge.messages import RoundSummary
 from fedge.transport import InMemoryBroker
 
-__all__ = ["SimulatedDevice", "SimulationResult", "simulate_fleet"]
+__all__ = ["SimulatedDevice", "SimulationResult", "replay_devices", "simulate_fleet"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,20 @@ class SimulatedDevice:
     device: str
     source: SensorSource
     history_units: int
+
+
+def replay_devices(
+    parts: Sequence[Sequence[UnitRun]], sensor_names: tuple[str, ...], *, prefix: str = "client"
+) -> list[SimulatedDevice]:
+    """One device per group of recorded units, each replaying its units as history."""
+    return [
+        SimulatedDevice(
+            device=f"{prefix}-{i:02d}",
+            source=ReplaySensorSource(sensor_names=sensor_names, history=list(part)),
+            history_units=len(part),
+        )
+        for i, part in enumerate(parts)
+    ]
 
 
 @dataclass(frozen=True)

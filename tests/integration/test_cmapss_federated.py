@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.sources import ReplaySensorSource
 from fedge.config import AggregatorConfig, ModelSpec
 from fedge.data.cmapss import feature_names, informative_sensors, load_subset, unit_runs
 from fedge.data.splits import split_noniid
@@ -18,7 +17,7 @@ from fedge.data.windows import last_window
 from fedge.messages import TrainingConfig
 from fedge.metrics import rmse
 from fedge.models import build_model, load_tensors
-from fedge.simulation import SimulatedDevice, simulate_fleet
+from fedge.simulation import replay_devices, simulate_fleet
 from fedge.training import predict
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cmapss"
@@ -38,14 +37,7 @@ def test_short_noniid_federated_run_beats_constant_predictor(tmp_path: Path) -> 
     test = unit_runs(subset.test, sensor_indices=sensors, with_settings=False)
     spec = ModelSpec(n_features=len(names))
     parts = split_noniid(train, 10, np.random.default_rng(0))
-    devices = [
-        SimulatedDevice(
-            device=f"client-{i}",
-            source=ReplaySensorSource(sensor_names=names, history=part),
-            history_units=len(part),
-        )
-        for i, part in enumerate(parts)
-    ]
+    devices = replay_devices(parts, names)
     config = AggregatorConfig(
         fleet="cmapss",
         rounds=5,
