@@ -106,6 +106,7 @@ class PahoTransport:
         self._client.on_message = self._on_message
         self._lock = threading.Lock()
         self._filters: dict[str, int] = {}
+        self._match_filters: tuple[str, ...] = ()
         self._on_message_cb: MessageCallback | None = None
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -142,13 +143,8 @@ class PahoTransport:
             log.info("%s disconnected (%s); paho reconnects", self.client_id, reason)
 
     def _subscribed_to(self, topic: str) -> bool:
-        with self._lock:
-            filters = list(self._filters)
-        # "$share/<group>/<filter>" delivers topics matching <filter>.
-        return any(
-            mqtt.topic_matches_sub(f.split("/", 2)[2] if f.startswith("$share/") else f, topic)
-            for f in filters
-        )
+        # Reads an immutable tuple that subscribe() replaces: no lock or copy per message.
+        return any(mqtt.topic_matches_sub(f, topic) for f in self._match_filters)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         callback = self._on_message_cb
@@ -200,6 +196,10 @@ class PahoTransport:
     def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
         with self._lock:
             self._filters[topic_filter] = qos
+            # "$share/<group>/<filter>" delivers topics matching <filter>.
+            self._match_filters = tuple(
+                f.split("/", 2)[2] if f.startswith("$share/") else f for f in self._filters
+            )
         if self._connected.is_set():
             rc, _mid = self._client.subscribe(topic_filter, qos)
             # NO_CONN is fine: _on_connect re-subscribes every stored filter.

@@ -401,15 +401,13 @@ class EdgeAgent:
 
     def _answer(self, ann: RoundAnnouncement) -> bytes | None:
         if ann.task == "stats":
-            stats = (
-                FeatureStats.combine(
-                    FeatureStats.from_array(self.store.unit_data(u).values)
-                    for u in self.store.failed_units()
-                )
-                if self.store.failed_units()
-                else None
+            units = self.store.failed_units()
+            if not units:
+                return None
+            stats = FeatureStats.combine(
+                FeatureStats.from_array(self.store.unit_data(u).values) for u in units
             )
-            if stats is None or stats.count == 0:
+            if stats.count == 0:
                 return None
             tensors = {
                 "count": np.array([stats.count], np.float64),
