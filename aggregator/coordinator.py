@@ -248,6 +248,7 @@ class RoundCoordinator:
             min_clients=self.config.min_clients,
             training=training,
             max_update_bytes=self.config.max_update_bytes,
+            model=self.spec,
         )
         template: dict[str, np.ndarray] = {}
         accumulator = None
@@ -255,7 +256,7 @@ class RoundCoordinator:
             template = {k: self.tensors[k] for k in self.trainable}
             accumulator = StreamingMean(template)
         elif task == "stats":
-            n = self.spec.n_features
+            n = self.spec.stats_features
             template = {
                 "count": np.zeros(1, np.float64),
                 "sum": np.zeros(n, np.float64),

@@ -24,6 +24,7 @@ from edge_agent.store import ReadingStore
 from fedge import __version__
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AgentConfig, ModelSpec
+from fedge.data.context import add_context, stats_rows
 from fedge.data.windows import FeatureStats, last_window, make_windows
 from fedge.errors import FedgeError, FrameError, MessageError, StorageError, TransportError
 from fedge.messages import (
@@ -351,13 +352,18 @@ class EdgeAgent:
         hold: list[WindowDataset] = []
         for i, unit in enumerate(units):
             data = self.store.unit_data(unit)
+            head = self.store.head(unit)
+            if spec.context == "history" and head.shape[0] == 0:
+                continue  # first cycles never seen: no baseline, cannot be used
             x, y = make_windows(
                 data.values, np.minimum(data.rul(), spec.rul_cap), window=spec.window
             )
             assert y is not None  # noqa: S101 - targets were given
+            # Window k ends at the unit's (k + window - 1)-th stored reading.
+            x = add_context(x, end_cycles=data.cycles[spec.window - 1 :], head=head, spec=spec)
             target = hold if every and i % every == every - 1 else train
             target.append(WindowDataset(x, y))
-        n_f = len(self.source.sensor_names)
+        n_f = spec.input_features
         self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window)
         self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window)
         self._dataset_key = units
@@ -404,8 +410,14 @@ class EdgeAgent:
             units = self.store.failed_units()
             if not units:
                 return None
+            # Summarise what the announced model will read (sensors, + age with history).
+            spec = ann.model or ModelSpec(
+                n_features=len(self.source.sensor_names), context="window"
+            )
+            data = [self.store.unit_data(u) for u in units]
             stats = FeatureStats.combine(
-                FeatureStats.from_array(self.store.unit_data(u).values) for u in units
+                FeatureStats.from_array(stats_rows(d.values, cycles=d.cycles, spec=spec))
+                for d in data
             )
             if stats.count == 0:
                 return None
@@ -448,9 +460,15 @@ class EdgeAgent:
             return None
         spec = self.model.spec
         recent = self.store.latest(self._current_unit, spec.window)
-        if recent.shape[0] == 0:
+        head = self.store.head(self._current_unit)
+        if recent.shape[0] == 0 or (spec.context == "history" and head.shape[0] == 0):
             return None
-        window = last_window(recent, window=spec.window)[None, ...]
+        window = add_context(
+            last_window(recent, window=spec.window)[None, ...],
+            end_cycles=np.array([self._current_cycle or 0]),
+            head=head,
+            spec=spec,
+        )
         rul, prob = predict(self.model, window)
         prediction = Prediction(
             fleet=self.config.fleet,

@@ -4,7 +4,10 @@ Every reading gets a per-device sequence number (``AUTOINCREMENT``: never reused
 even after pruning) and stays flagged unsent until the broker acknowledged the
 telemetry batch that carried it, so a broker outage or a reboot loses nothing.
 Units that ran to failure carry their length, which labels their readings with
-remaining useful life for local training.
+remaining useful life for local training. The first ``MAX_BASELINE_CYCLES``
+readings of every unit are also kept in ``unit_head``, which pruning leaves
+alone while the unit has readings: they are the unit's baseline (see
+:mod:`fedge.data.context`), needed for as long as the unit runs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.errors import StorageError
+from fedge.spec import MAX_BASELINE_CYCLES
 from fedge.storage import open_sqlite
 
 __all__ = ["ReadingStore", "StoredReading", "UnitData"]
@@ -35,6 +39,12 @@ CREATE INDEX IF NOT EXISTS readings_unit ON readings (unit, cycle);
 CREATE TABLE IF NOT EXISTS units (
     unit     INTEGER PRIMARY KEY,
     n_cycles INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unit_head (
+    unit  INTEGER NOT NULL,
+    cycle INTEGER NOT NULL,
+    vals  BLOB    NOT NULL,
+    PRIMARY KEY (unit, cycle)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -117,11 +127,18 @@ class ReadingStore:
 
     def append(self, *, unit: int, cycle: int, ts: float, values: np.ndarray) -> int:
         """Store one reading; returns its sequence number."""
+        blob = self._blob(values)
+        insert = "INSERT INTO readings (unit, cycle, ts, vals) VALUES (?, ?, ?, ?)"
         try:
-            cur = self._db.execute(
-                "INSERT INTO readings (unit, cycle, ts, vals) VALUES (?, ?, ?, ?)",
-                (unit, cycle, ts, self._blob(values)),
-            )
+            if cycle >= MAX_BASELINE_CYCLES:
+                cur = self._db.execute(insert, (unit, cycle, ts, blob))
+            else:
+                with self._db:
+                    self._db.execute("BEGIN")
+                    cur = self._db.execute(insert, (unit, cycle, ts, blob))
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO unit_head VALUES (?, ?, ?)", (unit, cycle, blob)
+                    )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot store reading: {exc}") from exc
         self._count += 1
@@ -143,6 +160,10 @@ class ReadingStore:
                 self._db.executemany(
                     "INSERT INTO readings (unit, cycle, ts, vals, sent) VALUES (?, ?, ?, ?, ?)",
                     rows,
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO unit_head VALUES (?, ?, ?)",
+                    [(r[0], r[1], r[3]) for r in rows[:MAX_BASELINE_CYCLES]],
                 )
                 if failed:
                     self._db.execute(
@@ -177,6 +198,23 @@ class ReadingStore:
             else np.zeros((0, self.n_features), np.float32)
         )
         return UnitData(unit, cycles, values.astype(np.float32), None if n is None else int(n[0]))
+
+    def head(self, unit: int) -> np.ndarray:
+        """The unit's first readings (cycles 0, 1, ... without gaps), shape (<=64, F).
+
+        Empty if the store never saw the unit's first cycle (e.g. the agent was
+        installed on a machine already running).
+        """
+        rows = self._db.execute(
+            "SELECT cycle, vals FROM unit_head WHERE unit = ? ORDER BY cycle", (unit,)
+        ).fetchall()
+        n = 0
+        while n < len(rows) and rows[n][0] == n:
+            n += 1
+        if n == 0:
+            return np.zeros((0, self.n_features), np.float32)
+        data = np.frombuffer(b"".join(r[1] for r in rows[:n]), dtype="<f4")
+        return data.reshape(n, self.n_features).astype(np.float32)
 
     def latest(self, unit: int, count: int) -> np.ndarray:
         """The last ``count`` readings of ``unit`` in cycle order, shape (<=count, F)."""
@@ -225,5 +263,9 @@ class ReadingStore:
                 "SELECT seq, sent FROM readings ORDER BY sent DESC, seq ASC LIMIT ?", (excess,)
             ).fetchall()
             self._db.executemany("DELETE FROM readings WHERE seq = ?", [(v[0],) for v in victims])
+            # A unit's head goes only once none of its readings is left.
+            self._db.execute(
+                "DELETE FROM unit_head WHERE unit NOT IN (SELECT DISTINCT unit FROM readings)"
+            )
         self.dropped_unsent += sum(1 for v in victims if v[1] == 0)
         self._count -= len(victims)

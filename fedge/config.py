@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from fedge.errors import ConfigError
 from fedge.messages import Identifier, TrainingConfig
+from fedge.spec import ModelSpec
 
 __all__ = [
     "AgentConfig",
@@ -82,26 +83,6 @@ class BrokerEndpoint(BaseModel):
     def url(self) -> str:
         """The URL without credentials (safe to log)."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-class ModelSpec(BaseModel):
-    """The architecture of the fleet's model; travels in the global model frame."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: Literal["cnn", "gru"] = "cnn"
-    n_features: Annotated[int, Field(ge=1, le=256)] = 14
-    window: Annotated[int, Field(ge=4, le=512)] = 30
-    hidden: Annotated[int, Field(ge=4, le=256)] = 32
-    rul_cap: Annotated[float, Field(gt=0)] = 125.0
-    horizon: Annotated[int, Field(ge=1)] = 30
-    # "cnn" model only (see fedge/models/cnn.py for why these values):
-    # learnt temporal filters shared by all sensors,
-    filters: Annotated[int, Field(ge=1, le=64)] = 8
-    # dropout on the filter outputs,
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
-    # training-time random per-sensor offset (in standard deviations) added to each window.
-    offset_noise: Annotated[float, Field(ge=0.0, le=10.0)] = 0.3
 
 
 class _FedgeSettings(BaseSettings):

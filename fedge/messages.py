@@ -12,6 +12,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from fedge.errors import MessageError
+from fedge.spec import ModelSpec
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -68,6 +69,9 @@ class RoundAnnouncement(WireModel):
     training: TrainingConfig = TrainingConfig()
     codec: Literal["safetensors"] = "safetensors"
     max_update_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
+    # The fleet's model: a stats round needs it before any global model exists, to
+    # know which rows to summarise (ModelSpec.stats_features).
+    model: ModelSpec | None = None
 
 
 class DeviceStatus(WireModel):

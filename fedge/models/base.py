@@ -30,16 +30,40 @@ class FaultModel(nn.Module):
     def __init__(self, spec: ModelSpec, feature_dim: int) -> None:
         super().__init__()
         self.spec = spec
-        self.register_buffer("input_mean", torch.zeros(spec.n_features))
-        self.register_buffer("input_std", torch.ones(spec.n_features))
+        # Statistics of the rows the federated stats round summarises (spec.stats_features):
+        # the sensors, then the age with "history" context.
+        self.register_buffer("input_mean", torch.zeros(spec.stats_features))
+        self.register_buffer("input_std", torch.ones(spec.stats_features))
         self.rul_head = nn.Linear(feature_dim, 1)
         self.fail_head = nn.Linear(feature_dim, 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs (B, W, ``spec.input_features``) -> (B, W, ``spec.model_features``).
+
+        Sensors are z-scored with the fleet's statistics. With ``history`` context
+        the raw ``[sensors, baseline, age]`` become ``[z, (z - z_baseline) / a]``:
+        the z-scored sensors and each sensor's *drift rate*, its departure from the
+        unit's own baseline per unit of age (``a`` = age / fleet mean age). The age
+        itself is not an input: on clients that each see one band of lifetimes
+        (the non-IID C-MAPSS split) a model given the raw age learns that band's
+        ``RUL = lifetime - age`` shortcut, and FedAvg of such models is useless
+        (federated non-IID validation RMSE 22.0, against 11.6 with drift rates).
+        """
+        mean, std = self.input_mean, self.input_std
+        f = self.spec.n_features
+        z = (x[..., :f] - mean[:f]) / std[:f]
+        if self.spec.context == "window":
+            return z
+        # The baseline shares the sensors' statistics, so a calibration offset cancels.
+        z_baseline = (x[..., f : 2 * f] - mean[:f]) / std[:f]
+        age = x[..., 2 * f :].clamp(min=1.0) / mean[f:].clamp(min=1.0)
+        return torch.cat([z, (z - z_baseline) / age], dim=-1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (x - self.input_mean) / self.input_std
+        x = self.normalise(x)
         h = self.features(x)
         # RUL is learnt on the [0, 1] scale of rul/rul_cap; scaled back here so the
         # output is in cycles everywhere outside the model.

@@ -16,7 +16,7 @@ class GruModel(FaultModel):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec, spec.hidden)
-        self.gru = nn.GRU(spec.n_features, spec.hidden, batch_first=True)
+        self.gru = nn.GRU(spec.model_features, spec.hidden, batch_first=True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.gru(x)

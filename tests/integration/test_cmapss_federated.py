@@ -6,14 +6,15 @@ Skipped when the dataset is not beside the repository (``../shared/datasets/cmap
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from fedge.config import AggregatorConfig, ModelSpec
 from fedge.data.cmapss import feature_names, informative_sensors, load_subset, unit_runs
+from fedge.data.context import unit_last_window
 from fedge.data.splits import split_noniid
-from fedge.data.windows import last_window
 from fedge.messages import TrainingConfig
 from fedge.metrics import rmse
 from fedge.models import build_model, load_tensors
@@ -29,13 +30,23 @@ pytestmark = [
 
 
 @pytest.mark.timeout(180)
-def test_short_noniid_federated_run_beats_constant_predictor(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"context": "window"},
+        # The benchmark's FD001 model: drift rates from each engine's own baseline.
+        {"context": "history", "dropout": 0.1, "offset_noise": 0.6},
+    ],
+)
+def test_short_noniid_federated_run_beats_constant_predictor(
+    tmp_path: Path, model: dict[str, Any]
+) -> None:
     subset = load_subset(DATA, "FD001")
     sensors = informative_sensors(subset.train)
     names = feature_names(sensors, with_settings=False)
     train = unit_runs(subset.train, sensor_indices=sensors, with_settings=False)
     test = unit_runs(subset.test, sensor_indices=sensors, with_settings=False)
-    spec = ModelSpec(n_features=len(names))
+    spec = ModelSpec(n_features=len(names), **model)
     parts = split_noniid(train, 10, np.random.default_rng(0))
     devices = replay_devices(parts, names)
     config = AggregatorConfig(
@@ -50,11 +61,11 @@ def test_short_noniid_federated_run_beats_constant_predictor(tmp_path: Path) -> 
     result = simulate_fleet(config, devices, workdir=tmp_path, holdout_fraction=0.0)
     assert [r.version for r in result.rounds if r.task == "train"] == [1, 2, 3, 4, 5]
 
-    model = build_model(spec)
-    load_tensors(model, result.tensors)
-    test_x = np.stack([last_window(r.sensors, window=spec.window) for r in test])
+    fitted = build_model(spec)
+    load_tensors(fitted, result.tensors)
+    test_x = np.stack([unit_last_window(r.sensors, spec=spec) for r in test])
     truth = subset.test_rul.astype(np.float64)
-    pred, _ = predict(model, test_x)
+    pred, _ = predict(fitted, test_x)
     # The constant predictor uses the best constant for the *test* truth: a generous baseline.
     constant = rmse(truth, np.full_like(truth, truth.mean()))
     federated = rmse(truth, pred.astype(np.float64))

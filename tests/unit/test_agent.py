@@ -13,6 +13,7 @@ from edge_agent.sources import SimulatedSensorSource
 from edge_agent.store import ReadingStore
 from fedge.codec import FrameHeader, decode_frame, encode_frame
 from fedge.config import AgentConfig, ModelSpec
+from fedge.data.context import unit_last_window
 from fedge.data.simulator import SENSOR_NAMES, SiteProfile
 from fedge.data.windows import FeatureStats
 from fedge.messages import (
@@ -24,6 +25,7 @@ from fedge.messages import (
 )
 from fedge.models import build_model, state_tensors
 from fedge.topics import Topics
+from fedge.training import predict
 from fedge.transport import InboundMessage, InMemoryBroker, InMemoryTransport
 
 FLEET = "unit"
@@ -64,16 +66,19 @@ def make_agent(tmp_path: Path, broker: InMemoryBroker, **config: object) -> Edge
     )
 
 
-def global_frame(version: int, *, seed: int = 0) -> bytes:
+HISTORY = ModelSpec(n_features=len(SENSOR_NAMES), context="history", baseline_cycles=5)
+
+
+def global_frame(version: int, *, seed: int = 0, spec: ModelSpec = SPEC) -> bytes:
     header = FrameHeader(
         kind="global",
         fleet=FLEET,
         round_id=version,
         base_version=version,
         version=version,
-        model=SPEC,
+        model=spec,
     )
-    return encode_frame(header, state_tensors(build_model(SPEC, seed=seed)))
+    return encode_frame(header, state_tensors(build_model(spec, seed=seed)))
 
 
 def publisher(broker: InMemoryBroker) -> InMemoryTransport:
@@ -83,7 +88,14 @@ def publisher(broker: InMemoryBroker) -> InMemoryTransport:
     return transport
 
 
-def announce(server: InMemoryTransport, round_id: int, task: str, base_version: int) -> None:
+def announce(
+    server: InMemoryTransport,
+    round_id: int,
+    task: str,
+    base_version: int,
+    *,
+    model: ModelSpec | None = None,
+) -> None:
     ann = RoundAnnouncement(
         fleet=FLEET,
         round_id=round_id,
@@ -92,6 +104,7 @@ def announce(server: InMemoryTransport, round_id: int, task: str, base_version: 
         issued_at=time.time(),
         deadline=time.time() + 60,
         min_clients=1,
+        model=model,
     )
     server.publish(TOPICS.round_current, encode_message(ann), retain=True)
 
@@ -164,6 +177,72 @@ def test_stats_reply_is_exactly_the_local_feature_sums(tmp_path: Path) -> None:
     assert frame.header.kind == "stats" and frame.header.num_examples == local.count
     np.testing.assert_allclose(frame.tensors["sum"], local.sum)
     np.testing.assert_allclose(frame.tensors["sumsq"], local.sumsq)
+    agent.stop()
+    agent.store.close()
+
+
+def test_history_stats_reply_adds_the_age_column(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_updates)
+    agent = make_agent(tmp_path, broker)
+    agent.start()
+    announce(publisher(broker), 0, "stats", 0, model=HISTORY)
+    agent.step()
+    (reply,) = rec.on(TOPICS.update(0, "dev-1"))
+    frame = decode_frame(reply.payload)
+    units = [agent.store.unit_data(u) for u in agent.store.failed_units()]
+    n = sum(len(u.cycles) for u in units)
+    assert frame.tensors["sum"].shape == (HISTORY.stats_features,)
+    np.testing.assert_allclose(
+        frame.tensors["sum"][:-1], sum(u.values.astype(np.float64).sum(0) for u in units)
+    )
+    # Age = cycle + 1: each unit contributes 1 + 2 + ... + n_cycles.
+    assert frame.tensors["sum"][-1] == sum(len(u.cycles) * (len(u.cycles) + 1) / 2 for u in units)
+    assert frame.tensors["count"][0] == n
+    agent.stop()
+    agent.store.close()
+
+
+def test_history_model_trains_and_predicts_with_the_unit_context(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_predictions, TOPICS.all_updates)
+    agent = make_agent(tmp_path, broker)
+    agent.start()
+    for i in range(40):
+        agent._sample(time.time() + i)
+    server = publisher(broker)
+    server.publish(TOPICS.global_model, global_frame(3, spec=HISTORY), retain=True)
+    agent.step()
+    msgs = rec.on(TOPICS.prediction("dev-1"))
+    assert msgs
+    pred = decode_message(Prediction, msgs[-1].payload)
+    assert pred.cycle == 39 and pred.model_version == 3
+    # The published RUL is the model's output on [window, baseline, age] of the live unit.
+    unit = agent.store.unit_data(pred.unit or 0)
+    expected, _ = predict(agent.model, unit_last_window(unit.values, spec=HISTORY)[None])
+    assert pred.rul == pytest.approx(float(expected[0]), rel=1e-6)
+    train, _ = agent.datasets(HISTORY)
+    assert train.x.shape[1:] == (HISTORY.window, HISTORY.input_features)
+    announce(server, 4, "train", 3)
+    agent.step()
+    assert len(rec.on(TOPICS.update(4, "dev-1"))) == 1
+    agent.stop()
+    agent.store.close()
+
+
+def test_history_model_needs_the_units_first_cycles(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_predictions)
+    agent = make_agent(tmp_path, broker)
+    agent.start()
+    # Installed on a machine already 100 cycles into its life: no baseline to compare with.
+    for c in range(100, 140):
+        agent.store.append(unit=77, cycle=c, ts=time.time(), values=np.ones(len(SENSOR_NAMES)))
+    agent._current_unit, agent._current_cycle = 77, 139
+    publisher(broker).publish(TOPICS.global_model, global_frame(1, spec=HISTORY), retain=True)
+    agent.step()
+    assert agent.model_version == 1
+    assert rec.on(TOPICS.prediction("dev-1")) == []  # no prediction rather than a wrong one
     agent.stop()
     agent.store.close()
 

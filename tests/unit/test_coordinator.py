@@ -34,7 +34,7 @@ from fedge.strategies import FedAvg
 from fedge.topics import Topics
 
 FLEET = "plant-7"
-SPEC = ModelSpec(n_features=3, window=8, hidden=4)
+SPEC = ModelSpec(n_features=3, window=8, hidden=4, context="window")
 T0 = 1_700_000_000.0
 TOPICS = Topics(FLEET)
 MAX_UPDATE = 32 * 1024
@@ -166,7 +166,7 @@ def test_no_round_until_min_clients_online() -> None:
     ann = announcement(effects)
     assert ann == RoundAnnouncement(
         fleet=FLEET, round_id=1, task="train", base_version=0, issued_at=T0 + 5,
-        deadline=T0 + 65, min_clients=2, max_update_bytes=MAX_UPDATE,
+        deadline=T0 + 65, min_clients=2, max_update_bytes=MAX_UPDATE, model=SPEC,
     )
     assert coord.phase is Phase.COLLECTING
     assert coord.open is not None
@@ -288,6 +288,31 @@ def test_stats_reply_with_wrong_shape_is_rejected() -> None:
     bad = frame("pump-01", 0, stats(2, [1, 2], [1, 2]), kind="stats", num_examples=2)
     assert reply(coord, "pump-01", bad) == []
     assert coord.rejected_total == {"shape_mismatch": 1}
+
+
+def test_history_stats_round_summarises_sensors_and_age() -> None:
+    spec = ModelSpec(n_features=2, window=8, hidden=4, context="history")
+    model = build_model(spec)
+    coord = RoundCoordinator(
+        AggregatorConfig(fleet=FLEET, rounds=1, min_clients=2, model=spec),
+        strategy=FedAvg(),
+        initial=Checkpoint(fleet=FLEET, version=0, round_id=-1, spec=spec,
+                           tensors=state_tensors(model), stats_done=False),
+        trainable=trainable_names(model),
+    )
+    ann = announcement(online(coord, "pump-01", "pump-02"))
+    assert ann.task == "stats" and ann.model == spec  # the agents learn what to summarise
+    # Rows are [sensor 0, sensor 1, age]; a sensors-only reply no longer fits.
+    short = frame("pump-01", 0, stats(2, [2, 4], [2, 10]), kind="stats", num_examples=2)
+    assert reply(coord, "pump-01", short) == []
+    assert coord.rejected_total == {"shape_mismatch": 1}
+    a = frame("pump-01", 0, stats(2, [2, 4, 3], [2, 10, 5]), kind="stats", num_examples=2)
+    b = frame("pump-02", 0, stats(2, [6, 4, 3], [18, 8, 5]), kind="stats", num_examples=2)
+    assert reply(coord, "pump-01", a) == []
+    effects = reply(coord, "pump-02", b)
+    got = decode_frame(publishes(effects, TOPICS.global_model)[0].payload)
+    np.testing.assert_allclose(got.tensors["input_mean"], [2.0, 2.0, 1.5])
+    np.testing.assert_allclose(got.tensors["input_std"], [1.0, math.sqrt(0.5), 0.5])
 
 
 # Train rounds ------------------------------------------------------------------------------

@@ -34,23 +34,60 @@ def test_architectures_are_known() -> None:
         {},  # C-MAPSS: 14 sensors, window 30
         {"n_features": 15},  # the simulator's sensors
         {"n_features": 24},  # C-MAPSS FD002/FD004 with settings
+        {"n_features": 24, "context": "history"},
     ],
 )
-def test_parameter_budget(name: str, kw: dict[str, int]) -> None:
+def test_parameter_budget(name: str, kw: dict[str, typing.Any]) -> None:
     assert count_parameters(build_model(_spec(name, **kw))) <= MAX_PARAMETERS
 
 
 def test_default_cnn_is_tiny() -> None:
     # 30*8+8 temporal filters, 14*8*32+32 and 32*32+32 MLP, two 33-weight heads.
     assert count_parameters(build_model(ModelSpec())) == 4_986
+    # History context: 14 sensors + 14 drift rates into the MLP (28*8*32+32).
+    assert count_parameters(build_model(ModelSpec(context="history"))) == 8_570
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-@pytest.mark.parametrize("kw", [{}, SMALL])
-def test_output_shapes(name: str, kw: dict[str, int]) -> None:
+def test_history_inputs_become_sensors_and_drift_rates(name: str) -> None:
+    spec = _spec(name, n_features=2, window=4, hidden=8, context="history")
+    model = build_model(spec, seed=0).eval()
+    with torch.no_grad():
+        model.input_mean.copy_(torch.tensor([10.0, 0.0, 50.0]))  # sensors, then age
+        model.input_std.copy_(torch.tensor([2.0, 4.0, 20.0]))
+    # One time step: sensors (14, 8), baseline (12, 0), age 100 = twice the mean age.
+    x = torch.tensor([[[14.0, 8.0, 12.0, 0.0, 100.0]]]).expand(3, 4, 5)
+    got = model.normalise(x)
+    # z = ((14-10)/2, 8/4) = (2, 2); baseline z = (1, 0); rate = (z - zb) / 2.
+    torch.testing.assert_close(got[0, 0], torch.tensor([2.0, 2.0, 0.5, 1.0]))
+    assert got.shape == (3, 4, spec.model_features)
+    rul, _ = model(x)
+    assert rul.shape == (3,) and torch.isfinite(rul).all()
+
+
+def test_offset_noise_moves_sensors_not_drift_rates() -> None:
+    spec = ModelSpec(n_features=3, window=8, hidden=8, context="history", dropout=0.0)
+    model = build_model(spec, seed=0).train()
+    seen: list[torch.Tensor] = []
+    model.temporal.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    x = torch.randn(5, spec.window, spec.input_features).abs() + 1.0
+    with torch.no_grad():
+        model(x)
+    clean = model.normalise(x).transpose(1, 2)  # (B, 2F, W)
+    shift = seen[0] - clean
+    f = spec.n_features
+    torch.testing.assert_close(shift[:, f:], torch.zeros_like(shift[:, f:]))  # rates unmoved
+    # One offset per window and sensor, constant over time, and not all zero.
+    torch.testing.assert_close(shift[:, :f], shift[:, :f, :1].expand_as(shift[:, :f]))
+    assert shift[:, :f].abs().max() > 0
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("kw", [{}, SMALL, {**SMALL, "context": "history"}])
+def test_output_shapes(name: str, kw: dict[str, typing.Any]) -> None:
     spec = _spec(name, **kw)
     model = build_model(spec).eval()
-    rul, logit = model(torch.randn(5, spec.window, spec.n_features))
+    rul, logit = model(torch.randn(5, spec.window, spec.input_features))
     assert rul.shape == (5,)
     assert logit.shape == (5,)
     assert torch.isfinite(rul).all() and torch.isfinite(logit).all()

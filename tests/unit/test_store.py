@@ -205,3 +205,44 @@ def test_values_are_stored_as_float32(store: ReadingStore) -> None:
     stored = store.unsent(limit=1)[0].values
     assert stored.dtype == np.float32
     assert stored[0] == np.float32(1 / 3)
+
+
+def test_head_keeps_the_first_cycles_of_each_unit(store: ReadingStore) -> None:
+    for c in range(70):
+        store.append(unit=4, cycle=c, ts=TS + c, values=_values(c))
+    head = store.head(4)
+    assert head.shape == (64, 3)  # MAX_BASELINE_CYCLES
+    np.testing.assert_array_equal(head[:2], [[0.0, 0.5, -0.0], [1.0, 1.5, -1.0]])
+    assert store.head(99).shape == (0, 3)
+
+
+def test_head_of_a_bulk_unit(store: ReadingStore) -> None:
+    values = np.arange(30, dtype=np.float32).reshape(10, 3)
+    store.append_unit(unit=2, values=values, ts=[TS + i for i in range(10)], failed=True)
+    np.testing.assert_array_equal(store.head(2), values)
+
+
+def test_head_stops_at_the_first_missing_cycle(store: ReadingStore) -> None:
+    for c in (0, 1, 3, 4):  # cycle 2 never arrived
+        store.append(unit=1, cycle=c, ts=TS + c, values=_values(c))
+    np.testing.assert_array_equal(store.head(1), [_values(0), _values(1)])
+    store.append(unit=7, cycle=5, ts=TS, values=_values(5))  # agent installed mid-life
+    assert store.head(7).shape == (0, 3)
+
+
+def test_head_survives_pruning_while_its_unit_has_readings(tmp_path: Path) -> None:
+    store = ReadingStore(tmp_path / "s.sqlite", n_features=3, max_readings=10)
+    seqs = [store.append(unit=1, cycle=c, ts=TS + c, values=_values(c)) for c in range(10)]
+    store.mark_sent(seqs)
+    store.append(unit=1, cycle=10, ts=TS + 10, values=_values(10))
+    assert store.unit_data(1).cycles.tolist()[0] == 2  # cycles 0 and 1 were pruned
+    assert store.head(1).shape == (11, 3)  # ... but the baseline still has them
+    np.testing.assert_array_equal(store.head(1)[0], _values(0))
+    # Once every reading of unit 1 is gone, so is its head.
+    seqs = [store.append(unit=2, cycle=c, ts=TS + c, values=_values(c)) for c in range(12)]
+    store.mark_sent(seqs)
+    store.append(unit=2, cycle=12, ts=TS, values=_values(12))
+    assert store.unit_data(1).cycles.tolist() == []
+    assert store.head(1).shape == (0, 3)
+    assert store.head(2).shape[0] == 13
+    store.close()
