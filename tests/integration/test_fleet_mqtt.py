@@ -87,9 +87,12 @@ def _stop_fleet(fleet: Fleet) -> None:
     assert not any(t.is_alive() for t in fleet.threads)
 
 
-@pytest.mark.parametrize("broker_fixture", ["mosquitto", "embedded_broker"])
+@pytest.mark.parametrize(
+    ("broker_fixture", "context"),
+    [("mosquitto", "window"), ("embedded_broker", "window"), ("mosquitto", "history")],
+)
 def test_three_rounds_over_real_broker(
-    broker_fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+    broker_fixture: str, context: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     broker: BrokerProcess = request.getfixturevalue(broker_fixture)
     endpoint = BrokerEndpoint.from_url(broker.url)
@@ -100,7 +103,7 @@ def test_three_rounds_over_real_broker(
         min_clients=3,
         round_timeout_s=60,
         training=TrainingConfig(epochs=1, learning_rate=2e-3),
-        model=ModelSpec(n_features=len(SENSOR_NAMES)),
+        model=ModelSpec(n_features=len(SENSOR_NAMES), context=context),
         checkpoint_dir=tmp_path / "ckpt",
     )
     fleet = _start_fleet(endpoint, tmp_path, 3)
@@ -119,6 +122,9 @@ def test_three_rounds_over_real_broker(
 
         checkpoint = CheckpointStore(tmp_path / "ckpt").load_latest()
         assert checkpoint is not None and checkpoint.version == 3
+        # The stats round summarised what this model reads: sensors (+ age with history).
+        assert checkpoint.tensors["input_mean"].shape == (config.model.stats_features,)
+        assert checkpoint.spec.context == context
 
         # Every agent ends on the final global model, bit for bit.
         assert wait_until(lambda: all(a.model_version == 3 for a in fleet.agents), timeout=20)

@@ -19,6 +19,7 @@ from fedge.messages import (
     decode_message,
     encode_message,
 )
+from fedge.spec import ModelSpec
 
 ANNOUNCEMENT = RoundAnnouncement(
     fleet="plant-7",
@@ -52,6 +53,21 @@ BATCH_JSON = (
 
 def test_round_announcement_exact_bytes() -> None:
     assert encode_message(ANNOUNCEMENT) == ANNOUNCEMENT_JSON
+
+
+def test_stats_announcement_carries_the_model_spec() -> None:
+    spec = ModelSpec(n_features=14, context="history", dropout=0.1, offset_noise=0.6)
+    ann = ANNOUNCEMENT.model_copy(update={"task": "stats", "model": spec})
+    encoded = encode_message(ann)
+    assert encoded == ANNOUNCEMENT_JSON.replace(b'"task":"train"', b'"task":"stats"')[:-1] + (
+        b',"model":{"name":"cnn","n_features":14,"window":30,"hidden":32,"rul_cap":125.0,'
+        b'"horizon":30,"context":"history","baseline_cycles":20,"filters":8,"dropout":0.1,'
+        b'"offset_noise":0.6}}'
+    )
+    assert decode_message(RoundAnnouncement, encoded) == ann
+    bad = encoded.replace(b'"context":"history"', b'"context":"lifetime"')
+    with pytest.raises(MessageError, match="context"):
+        decode_message(RoundAnnouncement, bad)
 
 
 def test_telemetry_batch_exact_bytes_omit_none_fields() -> None:
