@@ -89,7 +89,7 @@ class EdgeAgent:
         self._pending_round: RoundAnnouncement | None = None
         self._answered: set[int] = set()
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
-        self._dataset_key: tuple[int, ...] | None = None
+        self._dataset_key: tuple[tuple[int, ...], ModelSpec] | None = None
         self._train_data: WindowDataset | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
@@ -342,7 +342,7 @@ class EdgeAgent:
         """
         units = tuple(self.store.failed_units())
         if (
-            units == self._dataset_key
+            (units, spec) == self._dataset_key
             and self._train_data is not None
             and self._holdout is not None
         ):
@@ -366,7 +366,8 @@ class EdgeAgent:
         n_f = spec.input_features
         self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window)
         self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window)
-        self._dataset_key = units
+        # Keyed by the spec too: a new global model may read other inputs or windows.
+        self._dataset_key = (units, spec)
         return self._train_data, self._holdout
 
     def _try_round(self, ann: RoundAnnouncement) -> None:

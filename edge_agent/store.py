@@ -96,6 +96,7 @@ class ReadingStore:
         try:
             self._check_features()
             self._count = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+            self._backfill_heads()
         except sqlite3.Error as exc:
             self._db.close()
             raise StorageError(f"cannot open reading store {self.path}: {exc}") from exc
@@ -112,6 +113,17 @@ class ReadingStore:
                 f"store {self.path} holds {row[0]} features per reading, "
                 f"source has {self.n_features}"
             )
+
+    def _backfill_heads(self) -> None:
+        """Stores written before ``unit_head`` existed: take the heads from the readings."""
+        if self._count and self._db.execute("SELECT 1 FROM unit_head LIMIT 1").fetchone() is None:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT OR IGNORE INTO unit_head SELECT unit, cycle, vals FROM readings "
+                    "WHERE cycle < ?",
+                    (MAX_BASELINE_CYCLES,),
+                )
 
     def close(self) -> None:
         self._db.close()

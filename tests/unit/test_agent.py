@@ -265,3 +265,15 @@ def test_train_round_waits_for_its_base_model(tmp_path: Path) -> None:
     assert "input_mean" not in frame.tensors  # updates carry trainable tensors only
     agent.stop()
     agent.store.close()
+
+
+def test_datasets_follow_the_model_spec(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, InMemoryBroker())
+    agent.start()
+    window, _ = agent.datasets(SPEC)
+    history, _ = agent.datasets(HISTORY)  # same units, new spec: rebuilt, not the cached one
+    assert window.x.shape[2] == SPEC.input_features
+    assert history.x.shape[2] == HISTORY.input_features
+    assert len(window) == len(history) > 0
+    agent.stop()
+    agent.store.close()

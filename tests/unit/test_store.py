@@ -246,3 +246,15 @@ def test_head_survives_pruning_while_its_unit_has_readings(tmp_path: Path) -> No
     assert store.head(1).shape == (0, 3)
     assert store.head(2).shape[0] == 13
     store.close()
+
+
+def test_store_from_before_unit_heads_gets_them_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    store = ReadingStore(path, n_features=3)
+    for c in range(5):
+        store.append(unit=3, cycle=c, ts=TS + c, values=_values(c))
+    store._db.execute("DELETE FROM unit_head")  # what an older agent version left behind
+    store.close()
+    reopened = ReadingStore(path, n_features=3)
+    np.testing.assert_array_equal(reopened.head(3), [_values(c) for c in range(5)])
+    reopened.close()
