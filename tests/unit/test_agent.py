@@ -11,7 +11,7 @@ import pytest
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SimulatedSensorSource
 from edge_agent.store import ReadingStore
-from fedge.codec import FrameHeader, decode_frame, encode_frame
+from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AgentConfig, ModelSpec
 from fedge.data.context import unit_last_window
 from fedge.data.simulator import SENSOR_NAMES, SiteProfile
@@ -162,15 +162,20 @@ def test_untrained_model_never_raises_alerts(tmp_path: Path, version: int, alert
     agent.store.close()
 
 
-def test_stats_reply_is_exactly_the_local_feature_sums(tmp_path: Path) -> None:
+def stats_reply(tmp_path: Path, *, model: ModelSpec | None = None) -> tuple[EdgeAgent, Frame]:
+    """A started agent with history and its answer to a stats round announcing ``model``."""
     broker = InMemoryBroker()
     rec = Recorder(broker, TOPICS.all_updates)
     agent = make_agent(tmp_path, broker)
     agent.start()
-    announce(publisher(broker), 0, "stats", 0)
+    announce(publisher(broker), 0, "stats", 0, model=model)
     agent.step()
     (reply,) = rec.on(TOPICS.update(0, "dev-1"))
-    frame = decode_frame(reply.payload)
+    return agent, decode_frame(reply.payload)
+
+
+def test_stats_reply_is_exactly_the_local_feature_sums(tmp_path: Path) -> None:
+    agent, frame = stats_reply(tmp_path)
     local = FeatureStats.combine(
         FeatureStats.from_array(agent.store.unit_data(u).values) for u in agent.store.failed_units()
     )
@@ -182,23 +187,15 @@ def test_stats_reply_is_exactly_the_local_feature_sums(tmp_path: Path) -> None:
 
 
 def test_history_stats_reply_adds_the_age_column(tmp_path: Path) -> None:
-    broker = InMemoryBroker()
-    rec = Recorder(broker, TOPICS.all_updates)
-    agent = make_agent(tmp_path, broker)
-    agent.start()
-    announce(publisher(broker), 0, "stats", 0, model=HISTORY)
-    agent.step()
-    (reply,) = rec.on(TOPICS.update(0, "dev-1"))
-    frame = decode_frame(reply.payload)
+    agent, frame = stats_reply(tmp_path, model=HISTORY)
     units = [agent.store.unit_data(u) for u in agent.store.failed_units()]
-    n = sum(len(u.cycles) for u in units)
     assert frame.tensors["sum"].shape == (HISTORY.stats_features,)
     np.testing.assert_allclose(
         frame.tensors["sum"][:-1], sum(u.values.astype(np.float64).sum(0) for u in units)
     )
     # Age = cycle + 1: each unit contributes 1 + 2 + ... + n_cycles.
     assert frame.tensors["sum"][-1] == sum(len(u.cycles) * (len(u.cycles) + 1) / 2 for u in units)
-    assert frame.tensors["count"][0] == n
+    assert frame.tensors["count"][0] == sum(len(u.cycles) for u in units)
     agent.stop()
     agent.store.close()
 
@@ -218,7 +215,8 @@ def test_history_model_trains_and_predicts_with_the_unit_context(tmp_path: Path)
     pred = decode_message(Prediction, msgs[-1].payload)
     assert pred.cycle == 39 and pred.model_version == 3
     # The published RUL is the model's output on [window, baseline, age] of the live unit.
-    unit = agent.store.unit_data(pred.unit or 0)
+    assert pred.unit is not None
+    unit = agent.store.unit_data(pred.unit)
     expected, _ = predict(agent.model, unit_last_window(unit.values, spec=HISTORY)[None])
     assert pred.rul == pytest.approx(float(expected[0]), rel=1e-6)
     train, _ = agent.datasets(HISTORY)
