@@ -17,6 +17,13 @@ from fedge.data.cmapss import (
     operating_regimes,
     prepare,
 )
+from fedge.data.context import (
+    add_context,
+    stats_rows,
+    unit_baseline,
+    unit_last_window,
+    unit_windows,
+)
 from fedge.data.simulator import (
     FAULT_MODES,
     REGIME_NAMES,
@@ -52,6 +59,7 @@ __all__ = [
     "RegimeNormaliser",
     "SiteProfile",
     "UnitRun",
+    "add_context",
     "informative_sensors",
     "last_window",
     "load_subset",
@@ -62,4 +70,8 @@ __all__ = [
     "rul_targets",
     "split_iid",
     "split_noniid",
+    "stats_rows",
+    "unit_baseline",
+    "unit_last_window",
+    "unit_windows",
 ]
