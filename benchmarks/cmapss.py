@@ -11,6 +11,11 @@ the real agent and aggregator code over the in-memory transport
 (:func:`fedge.simulation.simulate_fleet`), including the federated statistics
 round that sets the model's normalisation. Evaluation follows the usual
 protocol: last 30-cycle window of each test engine against the raw true RUL.
+With ``--context history`` (the default for single-regime subsets) the model
+also reads the engine's baseline (its first 20 cycles) and age at that window,
+both known from the test file's rows up to the cut; ``--context window`` is the
+window alone. Also reported: MAE, the NASA PHM08 score and the PR-AUC of the
+failure head (true RUL <= horizon).
 
 Prints a table and writes ``benchmarks/results/cmapss-<subset>.json``.
 """
