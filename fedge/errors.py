@@ -19,6 +19,7 @@ boundary (``raise ... from exc``) so callers only ever catch fedge types.
     ├── StorageError                SQLite store, checkpoints, spool files
     ├── SinkError                   time-series database writes
     └── DataError                   datasets and sensor sources
+        └── SensorError             a sensor snapshot refused; ``fault`` says why
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ __all__ = [
     "NonFiniteTensorError",
     "ProtocolError",
     "RejectReason",
+    "SensorError",
+    "SensorFault",
     "SinkError",
     "StorageError",
     "TopicError",
@@ -118,3 +121,35 @@ class SinkError(FedgeError):
 
 class DataError(FedgeError):
     """A dataset file or sensor source is missing or malformed."""
+
+
+class SensorFault(StrEnum):
+    """Why a sensor snapshot (e.g. an accelerometer capture) was refused (counted per fault)."""
+
+    WRONG_SHAPE = "wrong_shape"
+    NOT_NUMERIC = "not_numeric"
+    TOO_FEW_SAMPLES = "too_few_samples"
+    TOO_MANY_SAMPLES = "too_many_samples"
+    OUT_OF_RANGE = "out_of_range"
+    # The two faults of a dead or disconnected sensor rather than of a malformed payload.
+    NON_FINITE = "non_finite"
+    FLAT_LINE = "flat_line"
+
+
+class SensorError(DataError):
+    """A sensor snapshot was refused: ``fault`` says why, ``bad_samples`` how many were at fault.
+
+    ``bad_samples`` is ``None`` when the fault is not about individual samples (a wrong
+    shape, a snapshot of the wrong length).
+    """
+
+    def __init__(self, fault: SensorFault, detail: str, *, bad_samples: int | None = None) -> None:
+        super().__init__(f"{fault.value}: {detail}")
+        self.fault = fault
+        self.detail = detail
+        self.bad_samples = bad_samples
+
+    @property
+    def dead_sensor(self) -> bool:
+        """True when the snapshot points at a broken sensor (NaN/Inf or a flat line)."""
+        return self.fault in (SensorFault.NON_FINITE, SensorFault.FLAT_LINE)
