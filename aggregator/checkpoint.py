@@ -11,33 +11,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from fedge.codec import _contiguous
-from fedge.config import ModelSpec
+from aggregator.state import Checkpoint
+from fedge.codec import contiguous
 from fedge.errors import StorageError
+from fedge.spec import ModelSpec
 
-__all__ = ["Checkpoint", "CheckpointStore"]
+__all__ = ["CheckpointStore"]
 
 _STRATEGY_PREFIX = "strategy/"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """The aggregator's durable state after a completed round."""
-
-    fleet: str
-    version: int
-    round_id: int
-    spec: ModelSpec
-    tensors: dict[str, np.ndarray]
-    strategy_state: dict[str, np.ndarray] = field(default_factory=dict)
-    stats_done: bool = True
 
 
 class CheckpointStore:
@@ -66,7 +52,7 @@ class CheckpointStore:
             os.close(fd)
             tmp = Path(tmp_name)
             try:
-                save_file({k: _contiguous(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+                save_file({k: contiguous(v) for k, v in tensors.items()}, tmp, metadata=metadata)
                 with tmp.open("rb") as fh:
                     os.fsync(fh.fileno())
                 if self.latest_path.exists():

@@ -28,7 +28,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from aggregator.checkpoint import Checkpoint
+from aggregator.state import Checkpoint
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AggregatorConfig
 from fedge.errors import (

@@ -56,7 +56,7 @@ from fedge.points import (
     telemetry_points,
 )
 from fedge.topics import TopicKind, Topics, parse_topic, validate_segment
-from fedge.transport import InboundMessage, Transport
+from fedge.transport import InboundMessage, Transport, drain
 
 __all__ = ["IngestReject", "IngestService", "IngestStats"]
 
@@ -296,18 +296,11 @@ class IngestService:
     # Worker thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            try:
-                first = self._queue.get(timeout=0.1)
-            except queue.Empty:
+            items = drain(self._queue, timeout=0.1, limit=self.batch_messages)
+            if not items:
                 if self._stop.is_set():
                     return
                 continue
-            items = [first]
-            while len(items) < self.batch_messages:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
             parts = [part for part in map(self._process, items) if part]
             if parts:
                 # One sink write for the whole drain: one spool append (one fsync) and

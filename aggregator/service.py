@@ -12,15 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from aggregator.checkpoint import Checkpoint, CheckpointStore
+from aggregator.checkpoint import CheckpointStore
 from aggregator.coordinator import Publish, RoundClosed, RoundCoordinator, SaveCheckpoint
+from aggregator.state import Checkpoint
 from fedge.config import AggregatorConfig
 from fedge.errors import FedgeError, TransportError
 from fedge.messages import RoundSummary
 from fedge.models import build_model, state_tensors, trainable_names
 from fedge.strategies import make_strategy
 from fedge.topics import Topics
-from fedge.transport import InboundMessage, Transport
+from fedge.transport import InboundMessage, Transport, drain
 
 __all__ = ["AggregatorService"]
 
@@ -101,21 +102,13 @@ class AggregatorService:
 
     def step(self, *, timeout: float = 0.1) -> None:
         """Handle queued messages (waiting up to ``timeout``) and advance the clock."""
-        try:
-            msg: InboundMessage | None = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            msg = None
-        while msg is not None:
+        for msg in drain(self._inbox, timeout=timeout):
             try:
                 self._execute(self.coordinator.handle(msg.topic, msg.payload, self.clock()))
             except TransportError:
                 raise
             except FedgeError as exc:  # one bad message never stops the aggregator
                 log.warning("error handling %s: %s", msg.topic, exc)
-            try:
-                msg = self._inbox.get_nowait()
-            except queue.Empty:
-                msg = None
         self._execute(self.coordinator.tick(self.clock()))
 
     def run(

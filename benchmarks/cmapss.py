@@ -8,7 +8,7 @@ evenly at random (IID); (c) federated, 10 clients, engines sorted by lifetime
 and cut into unequal contiguous groups (each client sees a different lifetime
 range and a different amount of data: label and quantity skew). (b) and (c) run
 the real agent and aggregator code over the in-memory transport
-(:func:`fedge.simulation.simulate_fleet`), including the federated statistics
+(:func:`fedge_app.simulation.simulate_fleet`), including the federated statistics
 round that sets the model's normalisation. Evaluation follows the usual
 protocol: last 30-cycle window of each test engine against the raw true RUL.
 With ``--context history`` (the default for single-regime subsets) the model
@@ -38,7 +38,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fedge.config import AggregatorConfig, ModelSpec
+from fedge.config import AggregatorConfig
 from fedge.data.cmapss import (
     feature_names,
     informative_sensors,
@@ -53,8 +53,9 @@ from fedge.data.windows import FeatureStats
 from fedge.messages import TrainingConfig
 from fedge.metrics import mae, nasa_score, pr_auc, rmse
 from fedge.models import FaultModel, build_model, count_parameters, load_tensors
-from fedge.simulation import replay_devices, simulate_fleet
+from fedge.spec import ModelSpec
 from fedge.training import WindowDataset, predict, train_local
+from fedge_app.simulation import replay_devices, simulate_fleet
 
 REPO = Path(__file__).resolve().parents[1]
 # The history-context model (drift rates, see fedge/models/base.py), chosen by

@@ -23,7 +23,7 @@ from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
 from fedge import __version__
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
-from fedge.config import AgentConfig, ModelSpec
+from fedge.config import AgentConfig
 from fedge.data.context import add_context, stats_rows
 from fedge.data.windows import FeatureStats, last_window, make_windows
 from fedge.errors import FedgeError, FrameError, MessageError, StorageError, TransportError
@@ -37,9 +37,10 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.models import FaultModel, build_model, load_tensors, state_tensors
+from fedge.spec import ModelSpec
 from fedge.topics import Topics
 from fedge.training import WindowDataset, evaluate, predict, train_local
-from fedge.transport import InboundMessage, PublishHandle, Transport, Will
+from fedge.transport import InboundMessage, PublishHandle, Transport, Will, drain
 
 __all__ = ["AgentStats", "EdgeAgent"]
 
@@ -191,18 +192,8 @@ class EdgeAgent:
 
     def step(self, *, timeout: float = 0.0) -> None:
         """Do whatever is due: inbound messages, a sample, a telemetry flush, a round."""
-        try:
-            msg: InboundMessage | None = (
-                self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
-            )
-        except queue.Empty:
-            msg = None
-        while msg is not None:
+        for msg in drain(self._inbox, timeout=timeout):
             self._handle(msg)
-            try:
-                msg = self._inbox.get_nowait()
-            except queue.Empty:
-                msg = None
         now = self.clock()
         if self.config.sample_interval_s > 0 and now >= self._next_sample:
             self._next_sample = now + self.config.sample_interval_s

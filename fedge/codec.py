@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from fedge.config import ModelSpec
 from fedge.errors import FrameError, FrameTooLargeError, NonFiniteTensorError
 from fedge.messages import Identifier, NonNegInt, Timestamp, WireModel
+from fedge.spec import ModelSpec
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -43,6 +43,7 @@ __all__ = [
     "FrameHeader",
     "FrameKind",
     "Tensors",
+    "contiguous",
     "decode_frame",
     "encode_frame",
 ]
@@ -88,7 +89,7 @@ class Frame:
     tensors: Tensors
 
 
-def _contiguous(array: np.ndarray) -> np.ndarray:
+def contiguous(array: np.ndarray) -> np.ndarray:
     """C-contiguous copy if needed; keeps 0-d shapes (np.ascontiguousarray makes them 1-d)."""
     arr = np.asarray(array)
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
@@ -103,7 +104,7 @@ def encode_frame(header: FrameHeader, tensors: Mapping[str, np.ndarray]) -> byte
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise FrameError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
     # safetensors wants C-contiguous arrays; ascontiguousarray is a no-op when they are.
-    body = st_save({k: _contiguous(v) for k, v in tensors.items()})
+    body = st_save({k: contiguous(v) for k, v in tensors.items()})
     return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, 0, len(header_bytes)) + header_bytes + body
 
 

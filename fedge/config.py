@@ -30,6 +30,7 @@ __all__ = [
     "AgentConfig",
     "AggregatorConfig",
     "BrokerEndpoint",
+    "FedgeSettings",
     "IngestConfig",
     "ModelSpec",
     "load_config",
@@ -85,7 +86,7 @@ class BrokerEndpoint(BaseModel):
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-class _FedgeSettings(BaseSettings):
+class FedgeSettings(BaseSettings):
     """Settings base: frozen, unknown keys refused, TOML file as the lowest source."""
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid", env_nested_delimiter="__")
@@ -103,7 +104,7 @@ class _FedgeSettings(BaseSettings):
         return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=toml))
 
 
-class AgentConfig(_FedgeSettings):
+class AgentConfig(FedgeSettings):
     """Everything an edge agent needs. Env prefix ``FEDGE_AGENT_``."""
 
     model_config = SettingsConfigDict(env_prefix="FEDGE_AGENT_")
@@ -124,7 +125,7 @@ class AgentConfig(_FedgeSettings):
     seed: int = 0
 
 
-class AggregatorConfig(_FedgeSettings):
+class AggregatorConfig(FedgeSettings):
     """Everything the aggregator needs. Env prefix ``FEDGE_AGGREGATOR_``."""
 
     model_config = SettingsConfigDict(env_prefix="FEDGE_AGGREGATOR_")
@@ -156,7 +157,7 @@ class AggregatorConfig(_FedgeSettings):
         return value
 
 
-class IngestConfig(_FedgeSettings):
+class IngestConfig(FedgeSettings):
     """Telemetry ingestion. Env prefix ``FEDGE_INGEST_``.
 
     Without ``influx_url`` points go to the local SQLite file ``sqlite_path``
@@ -185,7 +186,7 @@ class IngestConfig(_FedgeSettings):
         return value
 
 
-S = TypeVar("S", bound=_FedgeSettings)
+S = TypeVar("S", bound=FedgeSettings)
 
 
 def load_config(cls: type[S], path: Path | None = None, **overrides: Any) -> S:

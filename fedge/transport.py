@@ -12,10 +12,11 @@ message to a queue and return (the agent and aggregator do exactly that).
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from paho.mqtt.client import topic_matches_sub
 
@@ -29,7 +30,10 @@ __all__ = [
     "PublishHandle",
     "Transport",
     "Will",
+    "drain",
 ]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,26 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
+
+
+def drain(inbox: queue.Queue[_T], *, timeout: float = 0.0, limit: int | None = None) -> list[_T]:
+    """Everything waiting in ``inbox`` (at most ``limit`` items), waiting up to ``timeout``
+    seconds for the first one; an empty list if nothing came.
+
+    The one inbound-queue loop of the agent, the aggregator and ingest: transport
+    callbacks put messages on a queue, the service thread drains it here.
+    """
+    try:
+        first = inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait()
+    except queue.Empty:
+        return []
+    items = [first]
+    while limit is None or len(items) < limit:
+        try:
+            items.append(inbox.get_nowait())
+        except queue.Empty:
+            break
+    return items
 
 
 class PublishHandle(Protocol):

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --services
 echo "== ruff"
 .venv/bin/ruff check .
-echo "== mypy (strict: fedge, aggregator, edge_agent, broker)"
+echo "== mypy (strict: every package)"
 .venv/bin/mypy
+echo "== import contracts (floors, no circles)"
+.venv/bin/lint-imports --no-cache
 echo "== pytest"
 exec .venv/bin/pytest "$@"

@@ -8,14 +8,15 @@ statistics round fills in, so the normalisation travels with the weights.
 
 from fedge.models.base import (
     FaultModel,
-    build_model,
     count_parameters,
     load_tensors,
     state_tensors,
     trainable_names,
 )
+from fedge.models.registry import MODELS, build_model
 
 __all__ = [
+    "MODELS",
     "FaultModel",
     "build_model",
     "count_parameters",

@@ -1,4 +1,8 @@
-"""Model factory and conversions between torch modules and named numpy arrays."""
+"""The model base class and conversions between torch modules and named numpy arrays.
+
+Architectures subclass :class:`FaultModel` in their own modules; :mod:`fedge.models.registry`
+maps a :class:`~fedge.spec.ModelSpec` name to one (so this module imports none of them).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedge.config import ModelSpec
 from fedge.errors import FrameError
+from fedge.spec import ModelSpec
 
 __all__ = [
     "FaultModel",
-    "build_model",
     "count_parameters",
     "load_tensors",
     "state_tensors",
@@ -69,17 +72,6 @@ class FaultModel(nn.Module):
         # output is in cycles everywhere outside the model.
         rul = self.rul_head(h).squeeze(-1) * self.spec.rul_cap
         return rul, self.fail_head(h).squeeze(-1)
-
-
-def build_model(spec: ModelSpec, *, seed: int = 0) -> FaultModel:
-    """Build the model ``spec`` names, with deterministic initial weights."""
-    from fedge.models.cnn import CnnModel
-    from fedge.models.gru import GruModel
-
-    torch.manual_seed(seed)
-    if spec.name == "cnn":
-        return CnnModel(spec)
-    return GruModel(spec)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedge.config import ModelSpec
 from fedge.models.base import FaultModel
+from fedge.spec import ModelSpec
 
 __all__ = ["GruModel"]
 

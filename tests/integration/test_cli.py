@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-FEDGE = [sys.executable, "-m", "fedge.cli"]
+FEDGE = [sys.executable, "-m", "fedge_app.cli"]
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

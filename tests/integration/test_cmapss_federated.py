@@ -11,15 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedge.config import AggregatorConfig, ModelSpec
+from fedge.config import AggregatorConfig
 from fedge.data.cmapss import feature_names, informative_sensors, load_subset, unit_runs
 from fedge.data.context import unit_last_window
 from fedge.data.splits import split_noniid
 from fedge.messages import TrainingConfig
 from fedge.metrics import rmse
 from fedge.models import build_model, load_tensors
-from fedge.simulation import replay_devices, simulate_fleet
+from fedge.spec import ModelSpec
 from fedge.training import predict
+from fedge_app.simulation import replay_devices, simulate_fleet
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cmapss"
 

@@ -23,10 +23,11 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SimulatedSensorSource
 from edge_agent.store import ReadingStore
 from fedge.codec import decode_frame
-from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, ModelSpec
+from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint
 from fedge.data.simulator import SENSOR_NAMES, make_site_profiles
 from fedge.messages import TrainingConfig
 from fedge.models import state_tensors
+from fedge.spec import ModelSpec
 from fedge.topics import Topics
 from fedge.transport import InboundMessage
 from tests.integration.fixtures_mqtt import BrokerProcess

@@ -12,7 +12,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SimulatedSensorSource
 from edge_agent.store import ReadingStore
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
-from fedge.config import AgentConfig, ModelSpec
+from fedge.config import AgentConfig
 from fedge.data.context import unit_last_window
 from fedge.data.simulator import SENSOR_NAMES, SiteProfile
 from fedge.data.windows import FeatureStats
@@ -24,6 +24,7 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.models import build_model, state_tensors
+from fedge.spec import ModelSpec
 from fedge.topics import Topics
 from fedge.training import predict
 from fedge.transport import InboundMessage, InMemoryBroker, InMemoryTransport

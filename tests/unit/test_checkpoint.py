@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from aggregator.checkpoint import Checkpoint, CheckpointStore
-from fedge.config import ModelSpec
+from aggregator.checkpoint import CheckpointStore
+from aggregator.state import Checkpoint
 from fedge.errors import StorageError
+from fedge.spec import ModelSpec
 
 SPEC = ModelSpec(n_features=3, window=8, hidden=4)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, ModelSpec, load_config
+from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, load_config
 from fedge.errors import ConfigError
+from fedge.spec import ModelSpec
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedge.config import ModelSpec
 from fedge.data.context import (
     add_context,
     stats_rows,
@@ -14,6 +13,7 @@ from fedge.data.context import (
     unit_windows,
 )
 from fedge.errors import DataError
+from fedge.spec import ModelSpec
 
 SPEC = ModelSpec(n_features=2, window=4, context="history", baseline_cycles=2)
 HEAD = np.array([[1.0, 10.0], [3.0, 20.0], [5.0, 30.0], [7.0, 40.0], [9.0, 50.0]], np.float32)

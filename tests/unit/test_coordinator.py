@@ -11,7 +11,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 
-from aggregator.checkpoint import Checkpoint
 from aggregator.coordinator import (
     Effect,
     Phase,
@@ -20,8 +19,9 @@ from aggregator.coordinator import (
     RoundCoordinator,
     SaveCheckpoint,
 )
+from aggregator.state import Checkpoint
 from fedge.codec import FrameHeader, decode_frame, encode_frame
-from fedge.config import AggregatorConfig, ModelSpec
+from fedge.config import AggregatorConfig
 from fedge.messages import (
     DeviceStatus,
     RoundAnnouncement,
@@ -30,6 +30,7 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.models import build_model, state_tensors, trainable_names
+from fedge.spec import ModelSpec
 from fedge.strategies import FedAvg
 from fedge.topics import Topics
 

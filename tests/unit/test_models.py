@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedge.config import ModelSpec
 from fedge.messages import TrainingConfig
 from fedge.models import build_model, count_parameters, state_tensors
+from fedge.spec import ModelSpec
 from fedge.training import WindowDataset, evaluate, predict, train_local
 
 ARCHITECTURES: tuple[str, ...] = typing.get_args(ModelSpec.model_fields["name"].annotation)

@@ -16,15 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.checkpoint import CheckpointStore
-from aggregator.service import AggregatorService
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import ReplaySensorSource, SensorSource
-from edge_agent.store import ReadingStore
 from fedge.config import AgentConfig, AggregatorConfig
 from fedge.data.simulator import UnitRun
 from fedge.messages import RoundSummary
 from fedge.transport import InMemoryBroker
+from fedge_app.wiring import build_agent, build_aggregator
 
 __all__ = ["SimulatedDevice", "SimulationResult", "replay_devices", "simulate_fleet"]
 
@@ -90,18 +88,17 @@ def simulate_fleet(
             seed=config.seed,
         )
         agents.append(
-            EdgeAgent(
+            build_agent(
                 cfg,
                 transport=broker.transport(dev.device),
                 source=dev.source,
-                store=ReadingStore(cfg.store_path, n_features=len(dev.source.sensor_names)),
                 history_units=dev.history_units,
             )
         )
-    service = AggregatorService(
+    service = build_aggregator(
         config,
         transport=broker.transport("aggregator"),
-        checkpoints=CheckpointStore(workdir / "checkpoints"),
+        checkpoint_dir=workdir / "checkpoints",
         on_round=on_round,
     )
     try:

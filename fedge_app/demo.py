@@ -21,20 +21,24 @@ from typing import Any
 
 import torch
 
-from aggregator.checkpoint import CheckpointStore
-from aggregator.ingest import IngestService, IngestStats
-from aggregator.service import AggregatorService
-from aggregator.telemetry import open_sink
+from aggregator.ingest import IngestStats
 from broker.embedded import EmbeddedBroker
-from broker.mqtt_transport import PahoTransport
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SimulatedSensorSource
-from edge_agent.store import ReadingStore
-from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig, ModelSpec
+from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig
 from fedge.data.simulator import SENSOR_NAMES, MachineSimulator, make_site_profiles
 from fedge.errors import FedgeError
 from fedge.messages import RoundSummary, TrainingConfig
-from fedge.report import write_report
+from fedge.spec import ModelSpec
+from fedge_app.report import write_report
+from fedge_app.wiring import (
+    agent_client_id,
+    aggregator_client_id,
+    build_agent,
+    build_aggregator,
+    build_ingest,
+    mqtt_transport,
+)
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo"]
 
@@ -171,9 +175,8 @@ def run_demo(
     agents: list[EdgeAgent] = []
     errors: list[str] = []
     simulators: dict[str, MachineSimulator] = {}
-    sink = open_sink(ingest_config)
-    ingest = IngestService(
-        PahoTransport(endpoint, client_id=f"{options.fleet}-ingest"), sink, fleet=options.fleet
+    ingest, sink = build_ingest(
+        ingest_config, transport=mqtt_transport(endpoint, client_id=f"{options.fleet}-ingest")
     )
 
     def _run_agent(agent: EdgeAgent) -> None:
@@ -199,23 +202,21 @@ def run_demo(
             )
             sim_seed = options.seed * 1000 + i
             simulators[device] = MachineSimulator(profile=profile, seed=sim_seed)
-            agent = EdgeAgent(
+            agent = build_agent(
                 cfg,
-                transport=PahoTransport(endpoint, client_id=f"{options.fleet}-{device}"),
+                transport=mqtt_transport(endpoint, client_id=agent_client_id(cfg)),
                 source=SimulatedSensorSource(profile=profile, seed=sim_seed),
-                store=ReadingStore(cfg.store_path, n_features=len(SENSOR_NAMES)),
                 history_units=options.history_units,
             )
             agents.append(agent)
             thread = threading.Thread(target=_run_agent, args=(agent,), name=device, daemon=True)
             threads.append(thread)
             thread.start()
-        service = AggregatorService(
+        service = build_aggregator(
             agg_config,
-            transport=PahoTransport(
-                endpoint, client_id=f"{options.fleet}-aggregator", clean_session=False
+            transport=mqtt_transport(
+                endpoint, client_id=aggregator_client_id(agg_config), clean_session=False
             ),
-            checkpoints=CheckpointStore(agg_config.checkpoint_dir),
             on_round=on_round,
         )
         try:

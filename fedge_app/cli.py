@@ -23,9 +23,9 @@ from fedge.messages import RoundSummary
 
 if TYPE_CHECKING:
     from edge_agent.sources import ReplaySensorSource
-    from fedge.config import _FedgeSettings
+    from fedge.config import FedgeSettings
 
-S = TypeVar("S", bound="_FedgeSettings")
+S = TypeVar("S", bound="FedgeSettings")
 
 __all__ = ["app", "main"]
 
@@ -186,7 +186,7 @@ def demo(
     Telemetry, predictions and round metrics land in WORKDIR/fedge-telemetry.sqlite
     (or InfluxDB with --influx-url); an HTML report is written next to it.
     """
-    from fedge.demo import DemoOptions, run_demo
+    from fedge_app.demo import DemoOptions, run_demo
 
     _setup_logging(log_level)
     seen: list[RoundSummary] = []
@@ -271,12 +271,10 @@ def agent(
     training engines: all but the last of --engines are history (run to failure),
     the last is streamed live, cycle by cycle, as this device's machine.
     """
-    from broker.mqtt_transport import PahoTransport
-    from edge_agent.agent import EdgeAgent
     from edge_agent.sources import SensorSource, SimulatedSensorSource
-    from edge_agent.store import ReadingStore
     from fedge.config import AgentConfig
     from fedge.data.simulator import SiteProfile
+    from fedge_app.wiring import agent_client_id, build_agent, mqtt_transport
 
     _setup_logging(log_level)
     try:
@@ -293,15 +291,10 @@ def agent(
             history_units = len(source.history(10_000))
         else:
             source = SimulatedSensorSource(profile=SiteProfile(), seed=cfg.seed)
-        agent_ = EdgeAgent(
+        agent_ = build_agent(
             cfg,
-            transport=PahoTransport(cfg.broker, client_id=f"{cfg.fleet}-{cfg.device}"),
+            transport=mqtt_transport(cfg.broker, client_id=agent_client_id(cfg)),
             source=source,
-            store=ReadingStore(
-                cfg.store_path,
-                n_features=len(source.sensor_names),
-                max_readings=cfg.store_max_readings,
-            ),
             history_units=history_units,
         )
         stop = threading.Event()
@@ -358,9 +351,8 @@ def aggregator(
     log_level: LogOpt = "INFO",
 ) -> None:
     """Run the aggregator: announce rounds, validate and combine updates, publish models."""
-    from aggregator.service import AggregatorService
-    from broker.mqtt_transport import PahoTransport
     from fedge.config import AggregatorConfig
+    from fedge_app.wiring import aggregator_client_id, build_aggregator, mqtt_transport
 
     _setup_logging(log_level)
     try:
@@ -373,10 +365,10 @@ def aggregator(
             "checkpoint_dir": checkpoint_dir,
         }
         cfg = _load(AggregatorConfig, config, broker, overrides)
-        service = AggregatorService(
+        service = build_aggregator(
             cfg,
-            transport=PahoTransport(
-                cfg.broker, client_id=f"{cfg.fleet}-aggregator", clean_session=False
+            transport=mqtt_transport(
+                cfg.broker, client_id=aggregator_client_id(cfg), clean_session=False
             ),
             on_round=lambda s: console.print(
                 f"round {s.round_id} {s.task} {s.outcome}: {s.participants} participants, "
@@ -420,10 +412,9 @@ def ingest(
     log_level: LogOpt = "INFO",
 ) -> None:
     """Ingest telemetry, predictions, status and round metrics into InfluxDB (or SQLite)."""
-    from aggregator.ingest import IngestService
-    from aggregator.telemetry import describe_sink, open_sink
-    from broker.mqtt_transport import PahoTransport
+    from aggregator.telemetry import describe_sink
     from fedge.config import IngestConfig
+    from fedge_app.wiring import build_ingest, mqtt_transport
 
     _setup_logging(log_level)
     try:
@@ -439,13 +430,11 @@ def ingest(
         }
         # Shared subscriptions are an MQTT 5 feature.
         cfg = _load(IngestConfig, config, broker, overrides, protocol="5" if shared_group else None)
-        sink = open_sink(cfg)
-        service = IngestService(
-            PahoTransport(cfg.broker, client_id=f"{cfg.fleet}-ingest-{int(time.time())}"),
-            sink,
-            fleet=cfg.fleet,
-            known_devices=cfg.known_devices,
-            shared_group=cfg.shared_group,
+        service, sink = build_ingest(
+            cfg,
+            transport=mqtt_transport(
+                cfg.broker, client_id=f"{cfg.fleet}-ingest-{int(time.time())}"
+            ),
         )
         try:
             service.start()
