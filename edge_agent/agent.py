@@ -26,7 +26,16 @@ from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AgentConfig
 from fedge.data.context import add_context, stats_rows
 from fedge.data.windows import FeatureStats, last_window, make_windows
-from fedge.errors import FedgeError, FrameError, MessageError, StorageError, TransportError
+from fedge.errors import (
+    FeatureSchemaError,
+    FedgeError,
+    FrameError,
+    MessageError,
+    RejectReason,
+    StorageError,
+    TransportError,
+)
+from fedge.features.schema import feature_columns, forward_fill, non_numeric_features
 from fedge.messages import (
     DeviceStatus,
     Prediction,
@@ -91,6 +100,7 @@ class EdgeAgent:
         self._answered: set[int] = set()
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
         self._dataset_key: tuple[tuple[int, ...], ModelSpec] | None = None
+        self._columns: dict[ModelSpec, np.ndarray] = {}
         self._train_data: WindowDataset | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
@@ -130,6 +140,7 @@ class EdgeAgent:
                 buffer_depth=self.store.unsent_count(),
                 cpu_percent=None if cpu_percent is None else max(0.0, cpu_percent),
                 memory_mb=memory_mb,
+                last_error=None if self.stats.last_error is None else self.stats.last_error[:300],
             )
         )
 
@@ -232,11 +243,19 @@ class EdgeAgent:
         # No "keep the newer version" rule: a retained global model is the topic's current
         # state, so a lower version means the aggregator restarted or the fleet was reset.
         spec: ModelSpec = header.model
-        if spec.n_features != len(self.source.sensor_names):
-            raise FrameError(
-                f"global model expects {spec.n_features} features, this device has "
-                f"{len(self.source.sensor_names)}"
+        try:
+            self.columns(spec)
+        except FeatureSchemaError as exc:
+            # Not a bad message: this device cannot serve the fleet's model. Say so in the
+            # log and the status; rounds are declined with the reason (see _try_round).
+            self.stats.last_error = exc.detail
+            log.warning(
+                "%s: cannot use global model v%s: %s",
+                self.config.device,
+                header.version,
+                exc.detail,
             )
+            return
         model = (
             self.model if self.model is not None and self.model.spec == spec else build_model(spec)
         )
@@ -245,6 +264,40 @@ class EdgeAgent:
         self.model_version = header.version
         self.stats.models_received += 1
         self.predict_and_publish()
+
+    def columns(self, spec: ModelSpec) -> np.ndarray:
+        """Column of each of ``spec``'s features among this device's channels.
+
+        Raises FeatureSchemaError naming the features the device lacks.
+        """
+        cols = self._columns.get(spec)
+        if cols is None:
+            cols = np.array(
+                feature_columns(
+                    spec,
+                    self.source.sensor_names,
+                    mapping=self.config.features,
+                    device=self.config.device,
+                ),
+                dtype=np.intp,
+            )
+            self._columns[spec] = cols
+        return cols
+
+    def _model_inputs(
+        self, spec: ModelSpec, values: np.ndarray, cycles: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's features (in its order) from stored channel readings.
+
+        Channels without a fresh value (NaN) carry their last value forward; rows before
+        every feature has had a value are dropped (with their cycles).
+        """
+        x = forward_fill(values[:, self.columns(spec)])
+        if not np.isnan(x).any():
+            return x, cycles
+        complete = ~np.isnan(x).any(axis=1)
+        first = int(np.argmax(complete)) if complete.any() else x.shape[0]
+        return x[first:], None if cycles is None else cycles[first:]
 
     # Sensing and telemetry ----------------------------------------------------------------------
     def _sample(self, now: float) -> None:
@@ -341,19 +394,32 @@ class EdgeAgent:
         every = round(1 / self.config.holdout_fraction) if self.config.holdout_fraction > 0 else 0
         train: list[WindowDataset] = []
         hold: list[WindowDataset] = []
+        numeric: set[str] = set()
+        names = spec.feature_names or tuple(f"feature {i}" for i in range(spec.n_features))
         for i, unit in enumerate(units):
             data = self.store.unit_data(unit)
-            head = self.store.head(unit)
+            head, _ = self._model_inputs(spec, self.store.head(unit))
             if spec.context == "history" and head.shape[0] == 0:
                 continue  # first cycles never seen: no baseline, cannot be used
-            x, y = make_windows(
-                data.values, np.minimum(data.rul(), spec.rul_cap), window=spec.window
-            )
+            values, cycles = self._model_inputs(spec, data.values, data.cycles)
+            assert cycles is not None  # noqa: S101 - cycles were given
+            numeric.update(set(names) - set(non_numeric_features(values, names)))
+            rul = np.minimum(data.rul(), spec.rul_cap)[len(data.cycles) - len(cycles) :]
+            if values.shape[0] < spec.window:
+                continue
+            x, y = make_windows(values, rul, window=spec.window)
             assert y is not None  # noqa: S101 - targets were given
             # Window k ends at the unit's (k + window - 1)-th stored reading.
-            x = add_context(x, end_cycles=data.cycles[spec.window - 1 :], head=head, spec=spec)
+            x = add_context(x, end_cycles=cycles[spec.window - 1 :], head=head, spec=spec)
             target = hold if every and i % every == every - 1 else train
             target.append(WindowDataset(x, y))
+        silent = [n for n in names if n not in numeric]
+        if units and silent:
+            raise FeatureSchemaError(
+                RejectReason.NON_NUMERIC_FEATURE,
+                f"device {self.config.device} has no numeric values for {', '.join(silent)}",
+                features=tuple(silent),
+            )
         n_f = spec.input_features
         self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window)
         self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window)
@@ -365,10 +431,20 @@ class EdgeAgent:
         if ann.round_id in self._answered or self.clock() > ann.deadline:
             self._pending_round = None
             return
+        spec = ann.model or (self.model.spec if self.model is not None else None)
+        try:
+            if spec is not None:
+                self.columns(spec)
+        except FeatureSchemaError as exc:
+            self._decline(ann, exc)
+            return
         if ann.task != "stats" and (self.model is None or self.model_version != ann.base_version):
             return  # wait for the round's base model (retained) to arrive
         try:
             frame = self._answer(ann)
+        except FeatureSchemaError as exc:
+            self._decline(ann, exc)
+            return
         except FedgeError as exc:
             self.stats.last_error = str(exc)
             log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, exc)
@@ -380,6 +456,22 @@ class EdgeAgent:
         self.transport.publish(self.topics.update(ann.round_id, self.config.device), frame)
         self.stats.rounds_answered += 1
         self.stats.answered_rounds.append(ann.round_id)
+
+    def _decline(self, ann: RoundAnnouncement, exc: FeatureSchemaError) -> None:
+        """Tell the aggregator why this device cannot answer ``ann`` (counted in the summary)."""
+        self.stats.last_error = exc.detail
+        self._answered.add(ann.round_id)
+        self._pending_round = None
+        log.warning("%s: declines round %d: %s", self.config.device, ann.round_id, exc.detail)
+        header = self._header(ann, "decline", 0, {}).model_copy(
+            update={"reason": exc.reason.value, "detail": exc.detail[:300]}
+        )
+        try:
+            self.transport.publish(
+                self.topics.update(ann.round_id, self.config.device), encode_frame(header, {})
+            )
+        except TransportError as err:
+            self.stats.last_error = str(err)
 
     def _header(
         self, ann: RoundAnnouncement, kind: str, n: int, metrics: dict[str, float]
@@ -406,11 +498,13 @@ class EdgeAgent:
             spec = ann.model or ModelSpec(
                 n_features=len(self.source.sensor_names), context="window"
             )
-            data = [self.store.unit_data(u) for u in units]
-            stats = FeatureStats.combine(
-                FeatureStats.from_array(stats_rows(d.values, cycles=d.cycles, spec=spec))
-                for d in data
-            )
+            rows = []
+            for unit in units:
+                data = self.store.unit_data(unit)
+                values, cycles = self._model_inputs(spec, data.values, data.cycles)
+                assert cycles is not None  # noqa: S101 - cycles were given
+                rows.append(stats_rows(values, cycles=cycles, spec=spec))
+            stats = FeatureStats.combine(FeatureStats.from_array(r) for r in rows)
             if stats.count == 0:
                 return None
             tensors = {
@@ -451,8 +545,11 @@ class EdgeAgent:
         if self.model is None or self.model_version is None or self._current_unit is None:
             return None
         spec = self.model.spec
-        recent = self.store.latest(self._current_unit, spec.window)
-        head = self.store.head(self._current_unit)
+        try:
+            recent, _ = self._model_inputs(spec, self.store.latest(self._current_unit, spec.window))
+            head, _ = self._model_inputs(spec, self.store.head(self._current_unit))
+        except FeatureSchemaError:
+            return None
         if recent.shape[0] == 0 or (spec.context == "history" and head.shape[0] == 0):
             return None
         window = add_context(

@@ -59,7 +59,7 @@ ALLOWED_DTYPES = frozenset(
 )
 
 Tensors = dict[str, np.ndarray]
-FrameKind = Literal["update", "global", "evaluation", "stats"]
+FrameKind = Literal["update", "global", "evaluation", "stats", "decline"]
 
 
 class FrameHeader(WireModel):
@@ -79,6 +79,10 @@ class FrameHeader(WireModel):
     model: ModelSpec | None = None
     created_at: Timestamp = Field(default_factory=time.time)
     signature: Annotated[str, Field(max_length=512)] | None = None
+    # A "decline" frame (empty body) says why a device cannot answer the round: a
+    # RejectReason value (e.g. "missing_feature") and a sentence for the operator.
+    reason: Annotated[str, Field(pattern=r"^[a-z_]{1,64}$")] | None = None
+    detail: Annotated[str, Field(max_length=300)] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from pydantic_settings import (
 )
 
 from fedge.errors import ConfigError
-from fedge.messages import Identifier, TrainingConfig
-from fedge.spec import ModelSpec
+from fedge.messages import Identifier, SensorName, TrainingConfig
+from fedge.spec import ModelSpec, feature_specs
 
 __all__ = [
     "AgentConfig",
@@ -33,6 +33,7 @@ __all__ = [
     "FedgeSettings",
     "IngestConfig",
     "ModelSpec",
+    "default_fleet_model",
     "load_config",
 ]
 
@@ -123,6 +124,21 @@ class AgentConfig(FedgeSettings):
     alert_rul: Annotated[float, Field(ge=0)] = 30.0
     max_frame_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
     seed: int = 0
+    # [features]: fleet feature name -> this device's channel name. A feature not listed
+    # is read from the channel of the same name.
+    features: dict[SensorName, Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=dict
+    )
+
+
+def default_fleet_model() -> ModelSpec:
+    """The model a fleet gets without a ``[model]`` section: the simulated pump's 15
+    named features, so the default agent (simulated source) and aggregator train together."""
+    from fedge.data.simulator import SENSOR_NAMES, SENSOR_UNITS
+
+    return ModelSpec(
+        n_features=len(SENSOR_NAMES), features=feature_specs(SENSOR_NAMES, SENSOR_UNITS)
+    )
 
 
 class AggregatorConfig(FedgeSettings):
@@ -139,7 +155,7 @@ class AggregatorConfig(FedgeSettings):
     strategy: str = "fedavg"
     strategy_options: dict[str, float] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = Field(default_factory=default_fleet_model)
     checkpoint_dir: Path = Path("fedge-checkpoints")
     max_update_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
     allowed_devices: frozenset[Identifier] | None = None

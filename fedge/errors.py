@@ -19,6 +19,7 @@ boundary (``raise ... from exc``) so callers only ever catch fedge types.
     ├── StorageError                SQLite store, checkpoints, spool files
     ├── SinkError                   time-series database writes
     └── DataError                   datasets and sensor sources
+        ├── FeatureSchemaError      a device lacks the fleet model's features
         └── SensorError             a sensor snapshot refused; ``fault`` says why
 """
 
@@ -29,6 +30,7 @@ from enum import StrEnum
 __all__ = [
     "ConfigError",
     "DataError",
+    "FeatureSchemaError",
     "FedgeError",
     "FrameError",
     "FrameTooLargeError",
@@ -96,6 +98,8 @@ class RejectReason(StrEnum):
     BAD_EXAMPLES = "bad_examples"
     NORM_TOO_LARGE = "norm_too_large"
     TOPIC_MISMATCH = "topic_mismatch"
+    MISSING_FEATURE = "missing_feature"
+    NON_NUMERIC_FEATURE = "non_numeric_feature"
 
 
 class UpdateRejectedError(FedgeError):
@@ -153,3 +157,19 @@ class SensorError(DataError):
     def dead_sensor(self) -> bool:
         """True when the snapshot points at a broken sensor (NaN/Inf or a flat line)."""
         return self.fault in (SensorFault.NON_FINITE, SensorFault.FLAT_LINE)
+
+
+class FeatureSchemaError(DataError):
+    """A device cannot provide the fleet model's input features.
+
+    ``reason`` is :attr:`RejectReason.MISSING_FEATURE` (no channel maps onto a feature,
+    or the channel count differs from a positional model) or
+    :attr:`RejectReason.NON_NUMERIC_FEATURE` (the channel never gives a number);
+    ``features`` names the features at fault.
+    """
+
+    def __init__(self, reason: RejectReason, detail: str, *, features: tuple[str, ...]) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.features = features

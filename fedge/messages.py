@@ -87,6 +87,10 @@ class DeviceStatus(WireModel):
     buffer_depth: NonNegInt | None = None
     cpu_percent: Annotated[float, Field(ge=0.0, le=10_000.0)] | None = None
     memory_mb: Annotated[float, Field(ge=0.0)] | None = None
+    # What stops this device from contributing, for the operator (e.g. "device pump-03
+    # lacks feature bearing_temp"), and the state of its sensor source.
+    last_error: Annotated[str, Field(max_length=300)] | None = None
+    source_state: Annotated[str, Field(max_length=32)] | None = None
 
 
 class Reading(WireModel):

@@ -1,14 +1,39 @@
 """The fleet's model architecture, :class:`ModelSpec`: it travels in global model frames
 and in round announcements, so it lives below both :mod:`fedge.messages` and
-:mod:`fedge.config` (which re-exports it)."""
+:mod:`fedge.config` (which re-exports it).
+
+The model declares its input features **by name** (:class:`FeatureSpec`); each device
+maps its sensor channels onto those names (:func:`fedge.features.schema.feature_columns`).
+A spec without names (``features=None``) reads a device's channels by position, which
+only suits replayed datasets whose channel order is fixed.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-__all__ = ["MAX_BASELINE_CYCLES", "ModelSpec"]
+__all__ = ["MAX_BASELINE_CYCLES", "FeatureSpec", "ModelSpec", "feature_specs"]
+
+FeatureName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+class FeatureSpec(BaseModel):
+    """One input feature of the fleet's model: its name and (for people) its unit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: FeatureName
+    unit: Annotated[str, Field(max_length=32)] | None = None
+
+
+def feature_specs(names: tuple[str, ...], units: dict[str, str] | None = None) -> tuple[
+    FeatureSpec, ...
+]:
+    """Feature specs for ``names`` in order, with units where ``units`` knows them."""
+    units = units or {}
+    return tuple(FeatureSpec(name=n, unit=units.get(n)) for n in names)
 
 # A device keeps the first readings of every unit (never pruned) to compute the
 # unit's baseline; this is how many, hence the upper bound of ``baseline_cycles``.
@@ -41,6 +66,34 @@ class ModelSpec(BaseModel):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
     # training-time random per-sensor offset (in standard deviations) added to each window.
     offset_noise: Annotated[float, Field(ge=0.0, le=10.0)] = 0.3
+    # The input features by name, in the model's order (len == n_features), or None to
+    # read a device's channels by position.
+    features: Annotated[tuple[FeatureSpec, ...], Field(max_length=256)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_named_features(cls, data: object) -> object:
+        # A spec that names its features need not count them too.
+        if isinstance(data, dict) and data.get("features") and "n_features" not in data:
+            return {**data, "n_features": len(data["features"])}
+        return data
+
+    @model_validator(mode="after")
+    def _features_match(self) -> Self:
+        if self.features is not None:
+            names = [f.name for f in self.features]
+            if len(names) != self.n_features:
+                raise ValueError(
+                    f"features lists {len(names)} names but n_features is {self.n_features}"
+                )
+            if len(set(names)) != len(names):
+                raise ValueError(f"feature names repeat: {names}")
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """The input features by name, or None when the spec reads channels by position."""
+        return None if self.features is None else tuple(f.name for f in self.features)
 
     @property
     def input_features(self) -> int:

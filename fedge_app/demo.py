@@ -26,10 +26,10 @@ from broker.embedded import EmbeddedBroker
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SimulatedSensorSource
 from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig
-from fedge.data.simulator import SENSOR_NAMES, MachineSimulator, make_site_profiles
+from fedge.data.simulator import SENSOR_NAMES, SENSOR_UNITS, MachineSimulator, make_site_profiles
 from fedge.errors import FedgeError
 from fedge.messages import RoundSummary, TrainingConfig
-from fedge.spec import ModelSpec
+from fedge.spec import ModelSpec, feature_specs
 from fedge_app.report import write_report
 from fedge_app.wiring import (
     agent_client_id,
@@ -147,7 +147,10 @@ def run_demo(
     else:
         endpoint = BrokerEndpoint.from_url(options.broker_url)
 
-    spec = ModelSpec(name="cnn" if options.model == "cnn" else "gru", n_features=len(SENSOR_NAMES))
+    spec = ModelSpec(
+        name="cnn" if options.model == "cnn" else "gru",
+        features=feature_specs(SENSOR_NAMES, SENSOR_UNITS),
+    )
     agg_config = AggregatorConfig(
         fleet=options.fleet,
         broker=endpoint,

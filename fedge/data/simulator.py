@@ -42,6 +42,7 @@ __all__ = [
     "FAULT_MODES",
     "REGIME_NAMES",
     "SENSOR_NAMES",
+    "SENSOR_UNITS",
     "MachineSimulator",
     "SiteProfile",
     "UnitRun",
@@ -65,6 +66,23 @@ SENSOR_NAMES: tuple[str, ...] = (
     "vibration_peak",  # mm/s
     "acoustic_level",  # dB
 )
+SENSOR_UNITS: dict[str, str] = {
+    "shaft_speed": "rpm",
+    "motor_current": "A",
+    "power": "kW",
+    "inlet_pressure": "bar",
+    "outlet_pressure": "bar",
+    "pressure_ratio": "1",
+    "flow_rate": "m3/h",
+    "inlet_temp": "degC",
+    "outlet_temp": "degC",
+    "bearing_temp": "degC",
+    "oil_temp": "degC",
+    "oil_pressure": "bar",
+    "vibration_rms": "mm/s",
+    "vibration_peak": "mm/s",
+    "acoustic_level": "dB",
+}
 REGIME_NAMES: tuple[str, ...] = ("low_load", "nominal", "high_load")
 FAULT_MODES: tuple[str, ...] = ("bearing", "efficiency", "seal")
 

@@ -8,6 +8,7 @@ helpers turn what a source delivers (JSON array, CSV cell) into a snapshot.
 
 from __future__ import annotations
 
+from fedge.features.schema import feature_columns, forward_fill, non_numeric_features
 from fedge.features.snapshot import snapshot_from_csv_field, snapshot_from_json
 from fedge.features.vibration import (
     DEFAULT_MAX_SAMPLES,
@@ -23,7 +24,10 @@ __all__ = [
     "DEFAULT_MIN_SAMPLES",
     "STANDARD_GRAVITY",
     "VibrationConfig",
+    "feature_columns",
     "feature_names",
+    "forward_fill",
+    "non_numeric_features",
     "snapshot_from_csv_field",
     "snapshot_from_json",
     "vibration_features",

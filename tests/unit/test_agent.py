@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -9,14 +10,16 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.sources import SimulatedSensorSource
+from edge_agent.sources import SensorSample, SimulatedSensorSource
 from edge_agent.store import ReadingStore
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AgentConfig
 from fedge.data.context import unit_last_window
-from fedge.data.simulator import SENSOR_NAMES, SiteProfile
+from fedge.data.simulator import SENSOR_NAMES, SiteProfile, UnitRun
 from fedge.data.windows import FeatureStats
+from fedge.errors import FeatureSchemaError
 from fedge.messages import (
+    DeviceStatus,
     Prediction,
     RoundAnnouncement,
     TelemetryBatch,
@@ -24,7 +27,7 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.models import build_model, state_tensors
-from fedge.spec import ModelSpec
+from fedge.spec import ModelSpec, feature_specs
 from fedge.topics import Topics
 from fedge.training import predict
 from fedge.transport import InboundMessage, InMemoryBroker, InMemoryTransport
@@ -276,3 +279,108 @@ def test_datasets_follow_the_model_spec(tmp_path: Path) -> None:
     assert len(window) == len(history) > 0
     agent.stop()
     agent.store.close()
+
+
+class _RenamedSource(SimulatedSensorSource):
+    """The simulated pump with its channels renamed or left out (as a real device has them)."""
+
+    def __init__(self, names: tuple[str | None, ...]) -> None:
+        super().__init__(profile=SiteProfile(), seed=1)
+        self._keep = [i for i, n in enumerate(names) if n is not None]
+        self._names = tuple(n for n in names if n is not None)
+
+    @property
+    def sensor_names(self) -> tuple[str, ...]:
+        return self._names
+
+    def history(self, n_units: int) -> list[UnitRun]:
+        return [
+            dataclasses.replace(run, sensors=run.sensors[:, self._keep])
+            for run in super().history(n_units)
+        ]
+
+    def read(self) -> SensorSample:
+        sample = super().read()
+        return dataclasses.replace(sample, values=sample.values[self._keep])
+
+
+def _named_agent(
+    tmp_path: Path, broker: InMemoryBroker, names: tuple[str | None, ...], **cfg: object
+) -> EdgeAgent:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg_ = AgentConfig.model_validate(
+        {
+            "fleet": FLEET,
+            "device": "pump-03",
+            "store_path": tmp_path / "p.sqlite",
+            "sample_interval_s": 0.0,
+            **cfg,
+        }
+    )
+    return EdgeAgent(
+        cfg_,
+        transport=broker.transport("pump-03"),
+        source=_RenamedSource(names),
+        store=ReadingStore(cfg_.store_path, n_features=len([n for n in names if n])),
+        history_units=3,
+    )
+
+
+NAMED_SPEC = ModelSpec(features=feature_specs(SENSOR_NAMES))
+
+
+def test_agent_maps_its_channels_onto_the_fleet_features(tmp_path: Path) -> None:
+    def stats_reply(agent: EdgeAgent, broker: InMemoryBroker) -> Frame:
+        server = publisher(broker)
+        rec = Recorder(broker, TOPICS.all_updates)
+        agent.start()
+        announce(server, 0, "stats", 0, model=NAMED_SPEC)
+        agent.step()
+        agent.stop()
+        (msg,) = rec.messages
+        return decode_frame(msg.payload)
+
+    # The device calls bearing_temp "temp_b"; its [features] table maps it.
+    names = tuple("temp_b" if n == "bearing_temp" else n for n in SENSOR_NAMES)
+    renamed_broker = InMemoryBroker()
+    renamed = _named_agent(
+        tmp_path / "a", renamed_broker, names, features={"bearing_temp": "temp_b"}
+    )
+    plain_broker = InMemoryBroker()
+    plain = _named_agent(tmp_path / "b", plain_broker, SENSOR_NAMES)
+    got, want = stats_reply(renamed, renamed_broker), stats_reply(plain, plain_broker)
+    assert got.header.kind == want.header.kind == "stats"
+    for name in ("count", "sum", "sumsq"):
+        np.testing.assert_array_equal(got.tensors[name], want.tensors[name])
+    # Without the mapping the same device lacks the feature.
+    unmapped = _named_agent(tmp_path / "c", InMemoryBroker(), names)
+    with pytest.raises(FeatureSchemaError, match="lacks feature bearing_temp"):
+        unmapped.columns(NAMED_SPEC)
+
+
+def test_agent_lacking_a_feature_declines_with_the_reason(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    server = publisher(broker)
+    rec = Recorder(broker, TOPICS.all_updates, TOPICS.all_status)
+    names = tuple(None if n == "bearing_temp" else n for n in SENSOR_NAMES)
+    agent = _named_agent(tmp_path, broker, names)
+    agent.start()
+    announce(server, 0, "stats", 0, model=NAMED_SPEC)
+    agent.step()
+    (msg,) = rec.on(TOPICS.update(0, "pump-03"))
+    frame = decode_frame(msg.payload)
+    assert frame.header.kind == "decline" and frame.tensors == {}
+    assert frame.header.reason == "missing_feature"
+    assert frame.header.detail == "device pump-03 lacks feature bearing_temp"
+    # A global model it cannot serve is not loaded, and the status names the problem.
+    server.publish(TOPICS.global_model, global_frame(1, spec=NAMED_SPEC), retain=True)
+    agent.step()
+    assert agent.model is None
+    agent.publish_status()
+    status = decode_message(DeviceStatus, rec.on(TOPICS.status("pump-03"))[-1].payload)
+    assert status.last_error == "device pump-03 lacks feature bearing_temp"
+    # Train rounds on that model are declined too, instead of waiting for a model forever.
+    announce(server, 1, "train", 1, model=NAMED_SPEC)
+    agent.step()
+    assert decode_frame(rec.on(TOPICS.update(1, "pump-03"))[-1].payload).header.kind == "decline"
+    agent.stop()
