@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -28,7 +29,7 @@ from fedge.errors import TransportError
 from fedge.topics import Topics
 from fedge.transport import InboundMessage
 from tests.integration.fixtures_secure_mqtt import RawClient, SecureBroker, secure_broker
-from tests.support import free_port, wait_until
+from tests.support import free_port, wait_for_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -459,3 +460,36 @@ def test_broker_started_as_root_runs_as_the_broker_user(tmp_path: Path) -> None:
             assert "Error" not in broker.log().split("Reloading config")[-1]
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# The shipped demo configuration ----------------------------------------------------------------
+
+
+def test_shipped_demo_conf_serves_anonymous_clients_on_loopback(tmp_path: Path) -> None:
+    shipped = (Path(__file__).resolve().parents[2] / "broker" / "mosquitto.conf").read_text()
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    # Same file, a free port and a private persistence directory.
+    conf.write_text(
+        shipped.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1").replace(
+            "persistence_location /var/lib/mosquitto/", f"persistence_location {tmp_path}/"
+        )
+    )
+    assert f"listener {port} 127.0.0.1" in conf.read_text()
+    log = tmp_path / "mosquitto.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=out, stderr=out)
+    try:
+        wait_for_port(port, timeout=10.0)
+        sub = RawClient(port=port, client_id="demo-sub")
+        assert sub.connect(), log.read_text()
+        sub.subscribe("fedge/v1/demo/#")
+        pub = RawClient(port=port, client_id="demo-pub")
+        assert pub.connect()
+        pub.publish("fedge/v1/demo/devices/d1/telemetry", b"demo")
+        assert wait_until(lambda: sub.received() != [], timeout=10)
+        sub.close()
+        pub.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
