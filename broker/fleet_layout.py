@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from broker.fleet_manifest import FleetManifest, load_manifest
@@ -143,20 +144,57 @@ class ProvisionedFleet:
 
 @dataclass(frozen=True)
 class FleetLayout:
+    """Where each file of a provisioning directory lives (see :mod:`broker.provision`)."""
+
     root: Path
 
-    manifest = property(lambda self: self.root / "fleet.json")
-    conf = property(lambda self: self.root / "mosquitto.conf")
-    acl = property(lambda self: self.root / "acl")
-    passwd = property(lambda self: self.root / "passwd")
-    data = property(lambda self: self.root / "data")
-    ca_key = property(lambda self: self.root / "ca" / "ca.key")
-    ca_cert = property(lambda self: self.root / "ca" / "ca.crt")
-    crl = property(lambda self: self.root / "ca" / "crl.pem")
-    server_key = property(lambda self: self.root / "server" / "server.key")
-    server_cert = property(lambda self: self.root / "server" / "server.crt")
-    registry = property(lambda self: self.root / "keys" / "registry.json")
-    lock = property(lambda self: self.root / ".provision.lock")
+    @property
+    def manifest(self) -> Path:
+        return self.root / "fleet.json"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "mosquitto.conf"
+
+    @property
+    def acl(self) -> Path:
+        return self.root / "acl"
+
+    @property
+    def passwd(self) -> Path:
+        return self.root / "passwd"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca/ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca/ca.crt"
+
+    @property
+    def crl(self) -> Path:
+        return self.root / "ca/crl.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "server/server.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "server/server.crt"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "keys/registry.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".provision.lock"
 
     def client_cert(self, name: str) -> Path:
         return self.root / "clients" / f"{name}.crt"
@@ -175,6 +213,7 @@ class FleetLayout:
 
 
 def role_of(manifest: FleetManifest, name: str) -> Role:
+    """The role of identity ``name`` in the fleet described by ``manifest``."""
     if name == AGGREGATOR:
         return "aggregator"
     if name == OPERATOR:
@@ -185,11 +224,12 @@ def role_of(manifest: FleetManifest, name: str) -> Role:
 
 
 def signs(role: Role) -> bool:
-    # Ingest only stores what others signed; it never publishes.
+    """Whether identities of ``role`` get a signing key (ingest never publishes)."""
     return role != "ingest"
 
 
 def current_user() -> str:
+    """The name of the effective user running this process."""
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
@@ -228,11 +268,12 @@ def load_fleet(directory: Path) -> ProvisionedFleet:
         server_key=layout.server_key,
         server_cert=layout.server_cert,
         registry_file=layout.registry,
-        identities=identities,
+        identities=MappingProxyType(identities),
     )
 
 
 def load_layout_manifest(layout: FleetLayout) -> FleetManifest:
+    """The manifest of ``layout``; :class:`NotProvisionedError` if there is none."""
     if not layout.manifest.exists():
         raise NotProvisionedError(layout.root)
     return load_manifest(layout.manifest)

@@ -96,9 +96,8 @@ __all__ = [
 
 # Validation ----------------------------------------------------------------------------------
 
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 _RESERVED = re.compile(rf"({AGGREGATOR}|{OPERATOR}|{INGEST}(-[0-9]+)?)")
 
 

@@ -144,8 +144,13 @@ def render_mosquitto_conf(
         lines += [
             "# Mosquitto started as root drops to this user before it reads the ACL,",
             "# password file and persistence: it must be able to read them.",
-            f"user {run_as_user}",
         ]
+        if run_as_user == "root":
+            lines += [
+                "# Provisioned as root, so the broker stays root. Provision with",
+                "# broker_user='mosquitto' (the files are handed to it) to avoid that.",
+            ]
+        lines.append(f"user {run_as_user}")
     lines += [
         "",
         "# Retained round announcements, global models and device status must survive a",
