@@ -28,11 +28,13 @@ from fedge.spec import ModelSpec, feature_specs
 
 __all__ = [
     "AgentConfig",
+    "AgentSecurity",
     "AggregatorConfig",
     "BrokerEndpoint",
     "FedgeSettings",
     "IngestConfig",
     "ModelSpec",
+    "ServiceSecurity",
     "default_fleet_model",
     "load_config",
 ]
@@ -87,6 +89,31 @@ class BrokerEndpoint(BaseModel):
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+class AgentSecurity(BaseModel):
+    """``[security]`` of an agent (written by ``fedge broker provision``).
+
+    ``signing_key``: this device's Ed25519 private key (PEM); ``aggregator_public_key`` /
+    ``operator_public_key``: the pinned public keys (base64 of the raw 32 bytes) whose
+    signatures the agent accepts on models, rounds and maintenance events.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signing_key: Path | None = None
+    aggregator_public_key: Annotated[str, Field(max_length=64)] | None = None
+    operator_public_key: Annotated[str, Field(max_length=64)] | None = None
+
+
+class ServiceSecurity(BaseModel):
+    """``[security]`` of the aggregator or ingest: its signing key (aggregator only) and the
+    key registry (``keys/registry.json``) that names every device's public key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signing_key: Path | None = None
+    key_registry: Path | None = None
+
+
 class FedgeSettings(BaseSettings):
     """Settings base: frozen, unknown keys refused, TOML file as the lowest source."""
 
@@ -129,6 +156,7 @@ class AgentConfig(FedgeSettings):
     features: dict[SensorName, Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=dict
     )
+    security: AgentSecurity = AgentSecurity()
 
 
 def default_fleet_model() -> ModelSpec:
@@ -162,6 +190,7 @@ class AggregatorConfig(FedgeSettings):
     federated_stats: bool = True
     final_evaluation: bool = True
     seed: int = 0
+    security: ServiceSecurity = ServiceSecurity()
 
     @field_validator("strategy")
     @classmethod
@@ -193,6 +222,7 @@ class IngestConfig(FedgeSettings):
     spool_path: Path = Path("fedge-spool.sqlite")
     shared_group: Identifier | None = None
     known_devices: frozenset[Identifier] | None = None
+    security: ServiceSecurity = ServiceSecurity()
 
     @field_validator("influx_url")
     @classmethod

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
-from fedge.errors import FedgeError
+from fedge.errors import ConfigError, FedgeError
 from fedge.messages import RoundSummary
 
 if TYPE_CHECKING:
@@ -471,19 +471,34 @@ def dashboards_export(
         out.print(str(path))
 
 
-@app.command("broker")
+broker_app = typer.Typer(
+    help="The MQTT broker: run it, or provision a secure fleet (CA, certificates, ACL, keys).",
+    invoke_without_command=True,
+)
+app.add_typer(broker_app, name="broker")
+
+
+@broker_app.callback()
 def broker_cmd(
+    ctx: typer.Context,
     embedded: Annotated[
         bool, typer.Option("--embedded", help="Run the pure-Python amqtt broker in-process.")
     ] = False,
     host: Annotated[str, typer.Option(help="Bind address for --embedded.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port for --embedded.")] = 1883,
     config: Annotated[
-        Path | None, typer.Option(help="mosquitto.conf to use (default: the one fedge ships).")
+        Path | None,
+        typer.Option(help="mosquitto.conf to use (a provisioned DIR/mosquitto.conf for a fleet)."),
     ] = None,
     log_level: LogOpt = "INFO",
 ) -> None:
-    """Run an MQTT broker: the embedded one (demo) or Mosquitto with fedge's config."""
+    """Run an MQTT broker: the embedded one (demo) or Mosquitto with fedge's config.
+
+    Without --config, Mosquitto gets fedge's loopback-only demo config; a real fleet
+    runs the config that `fedge broker provision` wrote.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     _setup_logging(log_level)
     if embedded:
         from broker.embedded import EmbeddedBroker
@@ -509,6 +524,92 @@ def broker_cmd(
     console.print(f"exec {binary} -c {conf}")
     proc = subprocess.run([binary, "-c", str(conf)], check=False)  # noqa: S603
     raise typer.Exit(code=proc.returncode)
+
+
+def _split_names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+@broker_app.command("provision")
+def broker_provision(
+    directory: Annotated[Path, typer.Argument(help="Directory to write the fleet's files into.")],
+    fleet: Annotated[str, typer.Option(help="Fleet name.")],
+    devices: Annotated[str, typer.Option(help="Device ids, comma-separated.")],
+    auth: Annotated[
+        str, typer.Option(help="How clients log in: cert (client certificates) or password.")
+    ] = "cert",
+    host: Annotated[str, typer.Option(help="Broker host name or IP the clients use.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TLS listener port.")] = 8883,
+    bind: Annotated[str | None, typer.Option(help="Listener bind address.")] = None,
+    san: Annotated[
+        list[str] | None, typer.Option(help="Extra server certificate names (repeatable).")
+    ] = None,
+    ingest_workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Ingest identities (one per process).")
+    ] = 1,
+    broker_user: Annotated[
+        str | None, typer.Option(help="System user Mosquitto runs as (e.g. mosquitto).")
+    ] = None,
+) -> None:
+    """Provision a secure fleet: CA, server and client certificates (or passwords), an
+    Ed25519 signing key per device and for the aggregator, the ACL, a TLS-only Mosquitto
+    config without anonymous access, and one client config per identity."""
+    from broker.provision import provision_fleet
+
+    if auth not in ("cert", "password"):
+        raise _fail(ConfigError(f"--auth must be cert or password, got {auth!r}"))
+    try:
+        fleet_ = provision_fleet(
+            directory,
+            fleet=fleet,
+            devices=_split_names(devices),
+            broker_host=host,
+            broker_port=port,
+            auth="cert" if auth == "cert" else "password",
+            server_names=tuple(san or ()),
+            bind_address=bind,
+            ingest_workers=ingest_workers,
+            broker_user=broker_user,
+        )
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    out.print(f"fleet {fleet_.fleet} provisioned in {fleet_.directory}")
+    out.print(f"  broker:  fedge broker --config {fleet_.mosquitto_conf}")
+    for name, files in fleet_.identities.items():
+        out.print(f"  {files.role:<10} {name:<20} {files.config_file}")
+
+
+@broker_app.command("add-device")
+def broker_add_device(
+    directory: Annotated[Path, typer.Argument(help="A provisioned fleet directory.")],
+    device: Annotated[str, typer.Argument(help="The new device id.")],
+) -> None:
+    """Add one device to a provisioned fleet (certificate or password, keys, ACL, config)."""
+    from broker.provision import add_device
+
+    try:
+        fleet_ = add_device(directory, device)
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    out.print(f"added {device}: {fleet_.identities[device].config_file}")
+    out.print("reload the broker (SIGHUP) so its ACL and password file include it")
+
+
+@broker_app.command("revoke-device")
+def broker_revoke_device(
+    directory: Annotated[Path, typer.Argument(help="A provisioned fleet directory.")],
+    device: Annotated[str, typer.Argument(help="The device id to lock out.")],
+) -> None:
+    """Revoke one device: certificate on the CRL, password and ACL removed, key unregistered."""
+    from broker.provision import revoke_device
+
+    try:
+        revoke_device(directory, device)
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    out.print(f"revoked {device}; reload the broker (SIGHUP) to lock it out")
 
 
 def main() -> None:

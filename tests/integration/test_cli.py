@@ -105,3 +105,25 @@ def test_demo_learns_and_writes_summary(tmp_path: Path) -> None:
     assert data["telemetry"]["rejected"] == 0
     report = Path(data["report_path"]).read_text()
     assert report.count("<svg") >= 2 and "validation RMSE" in report
+
+
+def test_broker_provision_add_and_revoke_write_loadable_configs(tmp_path: Path) -> None:
+    from fedge.config import AgentConfig, AggregatorConfig, IngestConfig, load_config
+
+    fleet_dir = tmp_path / "fleet"
+    result = _run("broker", "provision", str(fleet_dir), "--fleet", "plant", "--devices", "a,b")
+    assert result.returncode == 0, result.stderr
+    assert "fedge broker --config" in result.stdout
+    assert _run("broker", "add-device", str(fleet_dir), "c").returncode == 0
+    agent = load_config(AgentConfig, fleet_dir / "config" / "agent-c.toml")
+    assert agent.device == "c" and agent.broker.tls and agent.broker.cert_file is not None
+    assert agent.security.aggregator_public_key is not None
+    aggregator = load_config(AggregatorConfig, fleet_dir / "config" / "aggregator.toml")
+    assert aggregator.security.key_registry is not None
+    assert load_config(IngestConfig, fleet_dir / "config" / "ingest.toml").broker.port == 8883
+    assert _run("broker", "revoke-device", str(fleet_dir), "a").returncode == 0
+    assert not (fleet_dir / "config" / "agent-a.toml").exists()
+    again = _run("broker", "revoke-device", str(fleet_dir), "a")
+    assert again.returncode == 2 and "not provisioned" in again.stderr
+    conf = (fleet_dir / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "allow_anonymous true" not in conf
