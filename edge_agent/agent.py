@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 _MAX_INFLIGHT_BATCHES = 20
 
+# A background training job: its round, its thread, and the box its frame (or error) lands in.
+_TrainJob = tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]]
+
 
 @dataclass
 class AgentStats:
@@ -101,6 +104,11 @@ class EdgeAgent:
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
         self._dataset_key: tuple[tuple[int, ...], ModelSpec] | None = None
         self._columns: dict[ModelSpec, np.ndarray] = {}
+        # Set when the agent must stop: local training checks it between mini-batches.
+        self._halt = threading.Event()
+        self._job: (
+            tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]] | None
+        ) = None
         self._train_data: WindowDataset | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
@@ -174,7 +182,11 @@ class EdgeAgent:
             self.stats.last_error = str(exc)
 
     def stop(self) -> None:
-        """Publish offline status and disconnect cleanly."""
+        """Stop training, publish offline status and disconnect cleanly (within ~2 s)."""
+        self._halt.set()
+        if self._job is not None:
+            self._job[1].join(timeout=2.0)
+            self._job = None
         try:
             handle = self.transport.publish(
                 self.topics.status(self.config.device), self._status("offline"), retain=True
@@ -186,7 +198,9 @@ class EdgeAgent:
         self.transport.close()
 
     def run(self, stop: threading.Event) -> None:
-        """Run until ``stop`` is set: the agent's whole life on one thread."""
+        """Run until ``stop`` is set: the agent's whole life on one thread (local training
+        on a second one when ``background_training``, so sampling keeps its rate)."""
+        self._halt = stop
         self.start()
         try:
             while not stop.is_set():
@@ -217,6 +231,7 @@ class EdgeAgent:
         if now >= self._next_status:
             self._next_status = now + self.config.status_interval_s
             self.publish_status()
+        self._collect_job()
         if self._pending_round is not None:
             self._try_round(self._pending_round)
 
@@ -440,22 +455,30 @@ class EdgeAgent:
             return
         if ann.task != "stats" and (self.model is None or self.model_version != ann.base_version):
             return  # wait for the round's base model (retained) to arrive
+        if self._job is not None:
+            return  # one round at a time: answer this one when the current job is done
+        frame: bytes | None = None
         try:
-            frame = self._answer(ann)
+            if ann.task == "train":
+                job = self._train_job(ann)
+                if job is not None and self.config.background_training:
+                    self._answered.add(ann.round_id)
+                    self._pending_round = None
+                    self._start_job(ann, job)
+                    return
+                frame = None if job is None else job()
+            else:
+                frame = self._answer(ann)
         except FeatureSchemaError as exc:
             self._decline(ann, exc)
             return
         except FedgeError as exc:
             self.stats.last_error = str(exc)
             log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, exc)
-            frame = None
         self._answered.add(ann.round_id)
         self._pending_round = None
-        if frame is None:
-            return
-        self.transport.publish(self.topics.update(ann.round_id, self.config.device), frame)
-        self.stats.rounds_answered += 1
-        self.stats.answered_rounds.append(ann.round_id)
+        if frame is not None:
+            self._publish_answer(ann, frame)
 
     def _decline(self, ann: RoundAnnouncement, exc: FeatureSchemaError) -> None:
         """Tell the aggregator why this device cannot answer ``ann`` (counted in the summary)."""
@@ -514,31 +537,84 @@ class EdgeAgent:
             }
             return encode_frame(self._header(ann, "stats", int(stats.count), {}), tensors)
         assert self.model is not None  # noqa: S101 - checked by _try_round
-        train, holdout = self.datasets(self.model.spec)
+        _, holdout = self.datasets(self.model.spec)
         if ann.task == "evaluate":
             ev = evaluate(self.model, holdout)
             if ev.num_examples == 0:
                 return None
             metrics = {"rmse": ev.rmse, "mae": ev.mae}
             return encode_frame(self._header(ann, "evaluation", ev.num_examples, metrics), {})
+        raise AssertionError(f"unexpected task {ann.task!r}")  # train goes to _train_job
+
+    def _train_job(self, ann: RoundAnnouncement) -> Callable[[], bytes] | None:
+        """Everything a train round needs from the store, and a closure that trains.
+
+        The closure touches neither the store nor ``self.model`` (it trains a copy), so
+        it can run on a worker thread while the agent thread keeps sampling.
+        """
+        assert self.model is not None  # noqa: S101 - checked by _try_round
+        train, holdout = self.datasets(self.model.spec)
         if len(train) == 0:
             return None
-        before = evaluate(self.model, holdout)
         base = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         local = build_model(self.model.spec)
         local.load_state_dict(self.model.state_dict())
         # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
         seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
-        result = train_local(local, train, ann.training, seed=seed, reference=base)
-        metrics = {
-            "train_loss": result.loss,
-            "val_rmse": before.rmse,
-            "val_examples": float(before.num_examples),
-        }
-        return encode_frame(
-            self._header(ann, "update", result.num_examples, metrics),
-            state_tensors(local, trainable_only=True),
-        )
+        halt = self._halt
+
+        def run() -> bytes:
+            # The base model's error on the held-out units (``local`` still holds it).
+            before = evaluate(local, holdout)
+            result = train_local(
+                local, train, ann.training, seed=seed, reference=base, should_stop=halt.is_set
+            )
+            metrics = {
+                "train_loss": result.loss,
+                "val_rmse": before.rmse,
+                "val_examples": float(before.num_examples),
+            }
+            return encode_frame(
+                self._header(ann, "update", result.num_examples, metrics),
+                state_tensors(local, trainable_only=True),
+            )
+
+        return run
+
+    def _start_job(self, ann: RoundAnnouncement, job: Callable[[], bytes]) -> None:
+        box: list[bytes | BaseException] = []
+
+        def work() -> None:
+            try:
+                box.append(job())
+            except Exception as exc:  # handed back to the agent thread, never lost
+                box.append(exc)
+
+        thread = threading.Thread(target=work, name=f"{self.config.device}-train", daemon=True)
+        self._job = (ann, thread, box)
+        thread.start()
+
+    def _collect_job(self) -> None:
+        """Publish the update of a finished background training job."""
+        if self._job is None or self._job[1].is_alive():
+            return
+        ann, _, box = self._job
+        self._job = None
+        outcome = box[0] if box else FedgeError("training thread ended without a result")
+        if isinstance(outcome, BaseException):
+            self.stats.last_error = str(outcome)
+            log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, outcome)
+            return
+        self._publish_answer(ann, outcome)
+
+    def _publish_answer(self, ann: RoundAnnouncement, frame: bytes) -> None:
+        try:
+            self.transport.publish(self.topics.update(ann.round_id, self.config.device), frame)
+        except TransportError as exc:
+            self.stats.last_error = str(exc)
+            return
+        self.stats.rounds_answered += 1
+        self.stats.answered_rounds.append(ann.round_id)
 
     def predict_and_publish(self) -> Prediction | None:
         """Predict on the latest window of the running unit and publish it."""

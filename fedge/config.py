@@ -151,6 +151,9 @@ class AgentConfig(FedgeSettings):
     alert_rul: Annotated[float, Field(ge=0)] = 30.0
     max_frame_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
     seed: int = 0
+    # Train on a worker thread, so sampling and telemetry keep their rate during a round
+    # (in-process simulations train inline, which keeps them deterministic).
+    background_training: bool = True
     # [features]: fleet feature name -> this device's channel name. A feature not listed
     # is read from the channel of the same name.
     features: dict[SensorName, Annotated[str, Field(min_length=1, max_length=128)]] = Field(

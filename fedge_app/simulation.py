@@ -86,6 +86,7 @@ def simulate_fleet(
             holdout_fraction=holdout_fraction,
             sample_interval_s=sample_interval_s,
             seed=config.seed,
+            background_training=False,
         )
         agents.append(
             build_agent(

@@ -23,6 +23,7 @@ from fedge.messages import (
     Prediction,
     RoundAnnouncement,
     TelemetryBatch,
+    TrainingConfig,
     decode_message,
     encode_message,
 )
@@ -58,6 +59,7 @@ def make_agent(tmp_path: Path, broker: InMemoryBroker, **config: object) -> Edge
             "device": "dev-1",
             "store_path": tmp_path / "a.sqlite",
             "sample_interval_s": 0.0,
+            "background_training": False,
             **config,
         }
     )
@@ -314,6 +316,7 @@ def _named_agent(
             "device": "pump-03",
             "store_path": tmp_path / "p.sqlite",
             "sample_interval_s": 0.0,
+            "background_training": False,
             **cfg,
         }
     )
@@ -384,3 +387,56 @@ def test_agent_lacking_a_feature_declines_with_the_reason(tmp_path: Path) -> Non
     agent.step()
     assert decode_frame(rec.on(TOPICS.update(1, "pump-03"))[-1].payload).header.kind == "decline"
     agent.stop()
+
+
+def test_background_training_keeps_sampling_and_stops_promptly(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    server = publisher(broker)
+    rec = Recorder(broker, TOPICS.all_updates)
+    # A long round (many epochs) so the job is still running while we sample.
+    agent = make_agent(tmp_path, broker, background_training=True, sample_interval_s=0.001)
+    agent.start()
+    server.publish(TOPICS.global_model, global_frame(1), retain=True)
+    ann = RoundAnnouncement(
+        fleet=FLEET,
+        round_id=2,
+        task="train",
+        base_version=1,
+        issued_at=time.time(),
+        deadline=time.time() + 600,
+        min_clients=1,
+        training=TrainingConfig(epochs=100, batch_size=8),
+    )
+    server.publish(TOPICS.round_current, encode_message(ann), retain=True)
+    agent.step()
+    assert agent._job is not None and agent._job[1].is_alive()
+    before = agent.stats.readings
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        agent.step(timeout=0.002)
+    assert agent.stats.readings - before >= 50  # the agent thread kept sampling
+    assert not rec.on(TOPICS.update(2, "dev-1"))  # still training
+    started = time.monotonic()
+    agent.stop()
+    assert time.monotonic() - started < 2.0
+    assert agent._job is None
+    agent.store.close()
+
+
+def test_background_training_publishes_when_done(tmp_path: Path) -> None:
+    broker = InMemoryBroker()
+    server = publisher(broker)
+    rec = Recorder(broker, TOPICS.all_updates)
+    agent = make_agent(tmp_path, broker, background_training=True)
+    agent.start()
+    server.publish(TOPICS.global_model, global_frame(1), retain=True)
+    announce(server, 2, "train", 1)
+    deadline = time.monotonic() + 60
+    while not rec.on(TOPICS.update(2, "dev-1")) and time.monotonic() < deadline:
+        agent.step(timeout=0.01)
+    (msg,) = rec.on(TOPICS.update(2, "dev-1"))
+    frame = decode_frame(msg.payload)
+    assert frame.header.kind == "update" and frame.header.num_examples > 0
+    assert agent.stats.answered_rounds == [2]
+    agent.stop()
+    agent.store.close()
