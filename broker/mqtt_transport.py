@@ -10,6 +10,7 @@ them), and translates paho's return codes and socket errors into
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -102,6 +103,7 @@ class PahoTransport:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         self._client.on_connect = self._on_connect
+        self._client.on_socket_open = self._on_socket_open
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._lock = threading.Lock()
@@ -120,6 +122,15 @@ class PahoTransport:
         return self._connected.is_set()
 
     # paho callbacks (network thread) -----------------------------------------------------
+    @staticmethod
+    def _on_socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Nagle's algorithm holds small MQTT packets (PUBACKs, short publishes) back for
+        # up to ~40 ms per hop waiting for a delayed ACK; rounds are chains of such hops.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError) as exc:  # not a TCP socket (e.g. a websocket)
+            log.debug("TCP_NODELAY not set: %s", exc)
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
