@@ -110,6 +110,8 @@ class RejectReason(StrEnum):
     BAD_EXAMPLES = "bad_examples"
     NORM_TOO_LARGE = "norm_too_large"
     TOPIC_MISMATCH = "topic_mismatch"
+    CODEC_MISMATCH = "codec_mismatch"
+    """The frame's codec is not the one the round announced."""
     # Chunked frames (fedge.chunking): why a chunk or a whole transfer was dropped.
     CHUNK_MALFORMED = "chunk_malformed"
     CHUNK_INCONSISTENT = "chunk_inconsistent"

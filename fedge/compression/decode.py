@@ -36,6 +36,9 @@ BLOCK = 1 << 16
 Local = np.ndarray | tuple[int, int]
 """Positions in a tensor of the values being decoded: an array, or a dense range."""
 
+# Bits set per byte value (np.bitwise_count needs numpy 2; the project supports 1.26).
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
 _VALUE_DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
@@ -183,8 +186,8 @@ class EncodedUpdate:
                                  f"shaped {slot.shape}")
             if not acc.flags.writeable:
                 raise ValueError(f"accumulator {slot.name!r} is read-only")
-        scratch = np.empty(min(BLOCK, max((s.size for s in self.layout.slots), default=0)),
-                           np.float64)
+        longest = max((min(s.size, _step(s)) for s in self.layout.slots), default=0)
+        scratch = np.empty(longest, np.float64)
         for slot in self.layout.slots:
             flat = sums[slot.name].reshape(-1)
             for s, e, block in self.blocks(slot):
@@ -249,7 +252,7 @@ def _positions(encoded: Mapping[str, object], layout: Layout, key: str) -> np.nd
         if tail and mask[-1] >> tail:
             raise CompressionError("mask padding bits are not 0")
         # Unpack in blocks: the bits of a 1M-entry mask would be a 1 MB temporary.
-        positions = np.empty(int(np.bitwise_count(mask).sum(dtype=np.int64)), np.int64)
+        positions = np.empty(int(_POPCOUNT[mask].sum(dtype=np.int64)), np.int64)
         filled = 0
         step = BLOCK // 8
         for first in range(0, mask.size, step):

@@ -310,6 +310,22 @@ def test_accumulate_equals_streaming_mean_of_the_decoded_update_bit_for_bit(
     assert base["dense"].size > BLOCK
 
 
+@pytest.mark.parametrize("codec", [_codec(dtype="int8", granularity="channel"),
+                                   _codec(dtype="int4", granularity="channel", **SPARSE)],
+                         ids=["dense", "sparse"])
+def test_rows_longer_than_a_block(codec: UpdateCodec) -> None:
+    # Per-channel blocks are whole rows: a row longer than BLOCK is one (longer) block.
+    rng = np.random.default_rng(3)
+    base = {"wide": rng.normal(size=(3, BLOCK + 7)).astype(F32), "b": np.zeros(3, F32)}
+    update = {k: v + F32(0.01) for k, v in base.items()}
+    enc = compress_update(update, codec=codec, base=base).tensors
+    decoded = decompress_update(enc, codec, template=base, base=base)
+    sums = {k: np.zeros(v.shape) for k, v in base.items()}
+    accumulate_update(sums, enc, codec, weight=2.0, base=base)
+    for name in base:
+        np.testing.assert_array_equal(sums[name], decoded[name].astype(np.float64) * 2.0)
+
+
 def test_distance_is_the_l2_norm_of_the_decoded_delta() -> None:
     base, update = _random_update(2)
     codec = _codec(dtype="int8", delta=True)
