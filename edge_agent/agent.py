@@ -608,13 +608,16 @@ class EdgeAgent:
         self._publish_answer(ann, outcome)
 
     def _publish_answer(self, ann: RoundAnnouncement, frame: bytes) -> None:
+        # Counted before the publish: the aggregator may close the round (and a caller
+        # read these counters) before publish() even returns on this thread.
+        self.stats.rounds_answered += 1
+        self.stats.answered_rounds.append(ann.round_id)
         try:
             self.transport.publish(self.topics.update(ann.round_id, self.config.device), frame)
         except TransportError as exc:
             self.stats.last_error = str(exc)
-            return
-        self.stats.rounds_answered += 1
-        self.stats.answered_rounds.append(ann.round_id)
+            self.stats.rounds_answered -= 1
+            self.stats.answered_rounds.pop()
 
     def predict_and_publish(self) -> Prediction | None:
         """Predict on the latest window of the running unit and publish it."""

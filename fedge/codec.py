@@ -5,14 +5,24 @@ Layout of a v1 frame, all integers big-endian::
     offset  size  field
     0       4     magic  b"FEDG"
     4       1     frame format version (1)
-    5       1     flags (reserved, must be 0)
+    5       1     flags: bit 0 = body is zstd-compressed; bits 1-7 reserved, must be 0
     6       4     header length H (uint32)
     10      H     header: UTF-8 JSON, validated by :class:`FrameHeader`
-    10+H    ...   body: safetensors bytes (tensor name -> array)
+    10+H    ...   body: safetensors bytes (tensor name -> array), or one zstd frame
+                  holding them when flags bit 0 is set
+
+The header's ``codec`` is ``"safetensors"`` (plain float32 tensors, as in the first
+v1 frames, which still decode byte for byte) or an
+:class:`~fedge.compression.UpdateCodec` describing how the body encodes an update.
+The body is compressed exactly when the codec has a ``zstd_level``; the flag bit
+must agree, so the prefix alone tells a reader what follows.
 
 Decoding never unpickles: the header is JSON through pydantic, the body is parsed
-by safetensors, which only ever yields plain arrays. Sizes are checked before any
-parsing, and float tensors must be finite.
+by :func:`fedge.safetensors_view.load_view`, which only ever yields plain arrays.
+Sizes are checked before any parsing: the frame against ``max_bytes``, and a
+compressed body's declared size against the decompressed limit before it is
+inflated (a decompression bomb is refused without allocating it). Float tensors
+must be finite.
 """
 
 from __future__ import annotations
@@ -21,21 +31,23 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import numpy as np
+import zstandard
 from pydantic import Field, ValidationError
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from fedge.errors import FrameError, FrameTooLargeError, NonFiniteTensorError
+from fedge.compression.scheme import CodecField, UpdateCodec, resolve_codec
+from fedge.errors import CompressionError, FrameError, FrameTooLargeError, NonFiniteTensorError
 from fedge.messages import Identifier, NonNegInt, Timestamp, WireModel
+from fedge.safetensors_view import load_view
 from fedge.spec import ModelSpec
 
 __all__ = [
     "ALLOWED_DTYPES",
     "DEFAULT_MAX_FRAME_BYTES",
+    "FLAG_ZSTD",
     "FRAME_MAGIC",
     "FRAME_VERSION",
     "MAX_HEADER_BYTES",
@@ -50,6 +62,8 @@ __all__ = [
 
 FRAME_MAGIC = b"FEDG"
 FRAME_VERSION = 1
+FLAG_ZSTD: Final = 0x01
+_KNOWN_FLAGS: Final = FLAG_ZSTD
 _PREFIX = struct.Struct(">4sBBI")
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -75,7 +89,7 @@ class FrameHeader(WireModel):
     metrics: dict[Annotated[str, Field(max_length=64)], float] = Field(
         default_factory=dict, max_length=64
     )
-    codec: Literal["safetensors"] = "safetensors"
+    codec: CodecField = "safetensors"
     model: ModelSpec | None = None
     created_at: Timestamp = Field(default_factory=time.time)
     signature: Annotated[str, Field(max_length=512)] | None = None
@@ -92,6 +106,11 @@ class Frame:
     header: FrameHeader
     tensors: Tensors
 
+    @property
+    def codec(self) -> UpdateCodec:
+        """How the body encodes its tensors (``"safetensors"`` resolves to the default)."""
+        return resolve_codec(self.header.codec)
+
 
 def contiguous(array: np.ndarray) -> np.ndarray:
     """C-contiguous copy if needed; keeps 0-d shapes (np.ascontiguousarray makes them 1-d)."""
@@ -100,7 +119,7 @@ def contiguous(array: np.ndarray) -> np.ndarray:
 
 
 def encode_frame(header: FrameHeader, tensors: Mapping[str, np.ndarray]) -> bytes:
-    """Serialise a header and tensors into one v1 frame."""
+    """Serialise a header and tensors into one v1 frame (zstd body if the codec says so)."""
     for name, array in tensors.items():
         if np.dtype(array.dtype) not in ALLOWED_DTYPES:
             raise FrameError(f"tensor {name!r} has unsupported dtype {array.dtype}")
@@ -109,27 +128,75 @@ def encode_frame(header: FrameHeader, tensors: Mapping[str, np.ndarray]) -> byte
         raise FrameError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
     # safetensors wants C-contiguous arrays; ascontiguousarray is a no-op when they are.
     body = st_save({k: contiguous(v) for k, v in tensors.items()})
-    return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, 0, len(header_bytes)) + header_bytes + body
+    level = resolve_codec(header.codec).zstd_level
+    flags = 0
+    if level is not None:
+        flags |= FLAG_ZSTD
+        body = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=True
+        ).compress(body)
+    return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, flags, len(header_bytes)) + header_bytes + body
 
 
-def decode_frame(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:
+def _inflate(body: memoryview, limit: int) -> memoryview:
+    """Decompress a zstd body whose declared size must be at most ``limit`` bytes."""
+    try:
+        params = zstandard.get_frame_parameters(body)
+    except zstandard.ZstdError as exc:
+        raise CompressionError(f"invalid zstd body: {exc}") from exc
+    size = params.content_size
+    if size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+        raise CompressionError("zstd body does not declare its decompressed size")
+    if size > limit:
+        # Checked before decompress(): with a declared size, zstandard allocates it
+        # whatever max_output_size says.
+        raise FrameTooLargeError(f"body would decompress to {size} bytes, limit {limit}")
+    if params.dict_id:
+        raise CompressionError("zstd body needs a dictionary")
+    # The window never needs to exceed the output (one-shot frames use the content size).
+    window = 1 << max(10, (max(size, 1) - 1).bit_length())
+    try:
+        out = zstandard.ZstdDecompressor(max_window_size=window).decompress(
+            body, max_output_size=max(size, 1), allow_extra_data=False
+        )
+    except (zstandard.ZstdError, ValueError) as exc:
+        raise CompressionError(f"invalid zstd body: {exc}") from exc
+    if len(out) != size:
+        raise CompressionError(f"zstd body decompressed to {len(out)} bytes, declared {size}")
+    return memoryview(out)
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_decompressed_bytes: int | None = None,
+    copy: bool = True,
+) -> Frame:
     """Decode an untrusted v1 frame.
 
     Raises FrameTooLargeError before looking at the bytes if ``data`` is over
-    ``max_bytes``; FrameError for anything malformed; NonFiniteTensorError if a
+    ``max_bytes``, and before inflating a zstd body if the frame would then exceed
+    ``max_decompressed_bytes`` (default ``max_bytes``); CompressionError for a bad
+    zstd body; FrameError for anything else malformed; NonFiniteTensorError if a
     float tensor holds NaN or infinity.
+
+    ``copy=False`` returns arrays that view ``data`` (or the inflated body) without
+    copying: read-only when ``data`` is ``bytes``. The default copies each tensor
+    once into writable arrays of its own.
     """
-    size = len(data)
+    view = memoryview(data).cast("B")
+    size = view.nbytes
     if size > max_bytes:
         raise FrameTooLargeError(f"frame of {size} bytes exceeds limit {max_bytes}")
     if size < _PREFIX.size:
         raise FrameError(f"truncated frame: {size} bytes, prefix needs {_PREFIX.size}")
-    magic, version, flags, header_len = _PREFIX.unpack_from(data)
+    magic, version, flags, header_len = _PREFIX.unpack_from(view)
     if magic != FRAME_MAGIC:
         raise FrameError(f"bad magic {magic!r}, expected {FRAME_MAGIC!r}")
     if version != FRAME_VERSION:
         raise FrameError(f"unsupported frame version {version}")
-    if flags != 0:
+    if flags & ~_KNOWN_FLAGS:
         raise FrameError(f"unknown frame flags 0x{flags:02x}")
     if header_len > MAX_HEADER_BYTES:
         raise FrameError(f"header length {header_len} exceeds {MAX_HEADER_BYTES}")
@@ -137,19 +204,27 @@ def decode_frame(data: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Fr
     if body_start > size:
         raise FrameError(f"truncated frame: header needs {header_len} bytes")
     try:
-        header = FrameHeader.model_validate_json(data[_PREFIX.size : body_start])
+        header = FrameHeader.model_validate_json(bytes(view[_PREFIX.size : body_start]))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "<root>"
         raise FrameError(f"invalid frame header: {where}: {first['msg']}") from exc
-    try:
-        tensors = st_load(bytes(data[body_start:]))
-    except (SafetensorError, ValueError, TypeError, KeyError) as exc:
-        # KeyError: safetensors.numpy has no numpy dtype for BF16/F8 tensors.
-        raise FrameError(f"invalid safetensors body: {exc!r}") from exc
+    compressed = bool(flags & FLAG_ZSTD)
+    if compressed != (resolve_codec(header.codec).zstd_level is not None):
+        raise FrameError(
+            f"flags say the body is {'' if compressed else 'not '}compressed, the header's "
+            "codec says otherwise"
+        )
+    body = view[body_start:]
+    if compressed:
+        limit = max_bytes if max_decompressed_bytes is None else max_decompressed_bytes
+        body = _inflate(body, max(0, limit - body_start))
+    tensors = load_view(body)
     for name, array in tensors.items():
         if array.dtype not in ALLOWED_DTYPES:
             raise FrameError(f"tensor {name!r} has unsupported dtype {array.dtype}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise NonFiniteTensorError(f"tensor {name!r} contains NaN or infinity")
+    if copy:
+        tensors = {name: array.copy() for name, array in tensors.items()}
     return Frame(header=header, tensors=tensors)

@@ -12,8 +12,10 @@ boundary (``raise ... from exc``) so callers only ever catch fedge types.
     │   ├── TopicError
     │   ├── MessageError            a JSON message that fails its schema
     │   └── FrameError              a binary model frame that cannot be decoded
-    │       ├── FrameTooLargeError
-    │       └── NonFiniteTensorError
+    │       ├── FrameTooLargeError      (also: a body that would decompress past the limit)
+    │       ├── NonFiniteTensorError
+    │       ├── CompressionError        a compressed body / update encoding that is invalid
+    │       └── ChunkError              a frame chunk that cannot be parsed or reassembled
     ├── UpdateRejectedError         a well-formed update that must not be aggregated
     ├── TransportError              broker connection / publish failures
     ├── StorageError                SQLite store, checkpoints, spool files
@@ -28,6 +30,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
+    "ChunkError",
+    "CompressionError",
     "ConfigError",
     "DataError",
     "FeatureSchemaError",
@@ -80,6 +84,19 @@ class NonFiniteTensorError(FrameError):
     """A tensor in a frame contains NaN or infinity."""
 
 
+class CompressionError(FrameError):
+    """A zstd body or a compressed update encoding is malformed or inconsistent."""
+
+
+class ChunkError(FrameError):
+    """A frame chunk is malformed or does not fit its transfer; ``reason`` says how."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class RejectReason(StrEnum):
     """Why an otherwise decodable update was not aggregated (counted per reason)."""
 
@@ -100,6 +117,16 @@ class RejectReason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     MISSING_FEATURE = "missing_feature"
     NON_NUMERIC_FEATURE = "non_numeric_feature"
+    CODEC_MISMATCH = "codec_mismatch"
+    """The frame's codec is not the one the round announced."""
+    # Chunked frames (fedge.chunking): why a chunk or a whole transfer was dropped.
+    CHUNK_MALFORMED = "chunk_malformed"
+    CHUNK_INCONSISTENT = "chunk_inconsistent"
+    CHUNK_DUPLICATE = "chunk_duplicate"
+    CHUNK_TOO_LARGE = "chunk_too_large"
+    CHUNK_CAPACITY = "chunk_capacity"
+    CHUNK_INCOMPLETE = "chunk_incomplete"
+    CHUNK_DIGEST = "chunk_digest"
 
 
 class UpdateRejectedError(FedgeError):

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from fedge.compression.scheme import CodecField
 from fedge.errors import MessageError
 from fedge.spec import ModelSpec
 
@@ -67,7 +68,9 @@ class RoundAnnouncement(WireModel):
     deadline: Timestamp
     min_clients: Annotated[int, Field(ge=1)]
     training: TrainingConfig = TrainingConfig()
-    codec: Literal["safetensors"] = "safetensors"
+    # How devices encode their updates this round: "safetensors" (plain float32, the
+    # v1 value) or an UpdateCodec; fedge.compression.resolve_codec reads either.
+    codec: CodecField = "safetensors"
     max_update_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
     # The fleet's model: a stats round needs it before any global model exists, to
     # know which rows to summarise (ModelSpec.stats_features).

@@ -187,10 +187,16 @@ def test_unsupported_version(version: int) -> None:
         decode_frame(_raw_frame(HEADER_JSON, VALID_BODY, version=version))
 
 
-@pytest.mark.parametrize("flags", [1, 0x80])
-def test_nonzero_flags(flags: int) -> None:
+@pytest.mark.parametrize("flags", [0x02, 0x80, 0x81, 0xFF])
+def test_reserved_flags(flags: int) -> None:
     with pytest.raises(FrameError, match="unknown frame flags"):
         decode_frame(_raw_frame(HEADER_JSON, VALID_BODY, flags=flags))
+
+
+def test_zstd_flag_without_a_zstd_codec_is_refused() -> None:
+    # Bit 0 means "zstd body"; a "safetensors" header says the body is plain.
+    with pytest.raises(FrameError, match="flags say the body is compressed"):
+        decode_frame(_raw_frame(HEADER_JSON, VALID_BODY, flags=1))
 
 
 def test_header_length_over_limit_is_refused_before_reading_it() -> None:

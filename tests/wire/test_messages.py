@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fedge.compression import UpdateCodec, resolve_codec, wire_codec
 from fedge.errors import MessageError, ProtocolError
 from fedge.messages import (
     MAX_MESSAGE_BYTES,
@@ -68,6 +69,30 @@ def test_stats_announcement_carries_the_model_spec() -> None:
     bad = encoded.replace(b'"context":"history"', b'"context":"lifetime"')
     with pytest.raises(MessageError, match="context"):
         decode_message(RoundAnnouncement, bad)
+
+
+def test_announcement_with_an_update_codec_exact_bytes() -> None:
+    codec = UpdateCodec(dtype="int4", delta=True, error_feedback=True, top_k=0.1, zstd_level=3)
+    ann = ANNOUNCEMENT.model_copy(update={"codec": codec})
+    encoded = encode_message(ann)
+    assert encoded == ANNOUNCEMENT_JSON.replace(
+        b'"codec":"safetensors"',
+        b'"codec":{"dtype":"int4","granularity":"tensor","delta":true,"error_feedback":true,'
+        b'"top_k":0.1,"stochastic_rounding":false,"zstd_level":3}',
+    )
+    decoded = decode_message(RoundAnnouncement, encoded)
+    assert decoded == ann
+    assert resolve_codec(decoded.codec) == codec
+
+
+def test_v1_announcement_codec_string_still_parses_as_float32() -> None:
+    decoded = decode_message(RoundAnnouncement, ANNOUNCEMENT_JSON)
+    assert decoded.codec == "safetensors"
+    assert resolve_codec(decoded.codec) == UpdateCodec()
+    assert resolve_codec(decoded.codec).dtype == "float32"
+    # And the default codec goes out as the v1 string, so old agents still parse it.
+    assert encode_message(ANNOUNCEMENT.model_copy(update={"codec": wire_codec(UpdateCodec())}))\
+        == ANNOUNCEMENT_JSON
 
 
 def test_telemetry_batch_exact_bytes_omit_none_fields() -> None:
@@ -230,7 +255,11 @@ def test_negative_sequence_number() -> None:
     [
         ({"round_id": -1}, "round_id"),
         ({"task": "mine-bitcoin"}, "task"),
-        ({"codec": "pickle"}, "codec"),
+        ({"codec": "pickle"}, r"codec\.safetensors"),
+        ({"codec": {"dtype": "int3"}}, r"codec\.UpdateCodec\.dtype"),
+        ({"codec": {"top_k": 0.1}}, r"codec\.UpdateCodec"),
+        ({"codec": {"zstd_level": 99}}, r"codec\.UpdateCodec\.zstd_level"),
+        ({"codec": 3}, r"codec\.UpdateCodec"),
         ({"min_clients": 0}, "min_clients"),
         ({"max_update_bytes": 1023}, "max_update_bytes"),
         ({"training": {"epochs": 0}}, "training.epochs"),
