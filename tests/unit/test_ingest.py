@@ -320,8 +320,9 @@ def test_dedup_memory_is_bounded_per_device_and_in_devices() -> None:
         rig.settle(6)
         assert rig.service.stats.duplicates == 2
         assert len(rig.sink.by_measurement("telemetry")) == 10 + 1 + 1 + 1 + 1
-        assert set(rig.service._windows) == {"c", "a"}
-        assert all(len(w._seen) <= 4 for w in rig.service._windows.values())
+        dedup = rig.service.rules.dedup
+        assert set(dedup.devices) == {"c", "a"}
+        assert all(dedup.remembered(device) <= 4 for device in dedup.devices)
 
 
 def test_full_queue_rejects_and_counts_instead_of_blocking() -> None:
