@@ -1,21 +1,14 @@
 """Telemetry ingestion: MQTT messages of one fleet → validated, de-duplicated points → a sink.
 
-The transport callback (:meth:`IngestService.handle`) only timestamps the message
-and puts it on a bounded queue; a worker thread decodes, validates, de-duplicates,
-converts to points (:mod:`fedge.points`) and writes them to the sink in batches.
+The I/O loop around the pure rules of :mod:`fedge.ingest_rules` (which checks what,
+in which order, and how de-duplication works is documented there). The transport
+callback (:meth:`IngestService.handle`) only timestamps the message and puts it on
+a bounded queue; a worker thread drains the queue, hands each message to
+:class:`~fedge.ingest_rules.IngestRules` and writes the points of a whole drain to
+the sink in one call, retrying while the sink refuses.
 
 Every message that is not written is counted by reason (:class:`IngestReject`) and
-logged; a bad message never stops the service. Checks, in order: topic, size,
-JSON/schema, fleet, topic/payload device, device allowlist, timestamps (the wire
-models already bound them to 2000–2100; readings more than ``max_future_s`` ahead
-of the ingest clock are refused one by one).
-
-De-duplication: QoS 1 redelivers messages, so each device keeps a bounded window
-of recently seen sequence numbers with their device timestamps; a reading whose
-``(device, seq)`` was seen with the same timestamp is a duplicate. The same seq
-with a *different* timestamp is a restarted counter (an agent reinstalled without
-its state), not a redelivery, and is kept. Memory is bounded by
-``dedup_window`` seqs per device and ``max_tracked_devices`` devices (LRU).
+logged; a bad message never stops the service.
 """
 
 from __future__ import annotations
@@ -25,62 +18,21 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from functools import partial
-from itertools import compress
-from typing import TypeVar
-
-from pydantic import ValidationError
 
 from aggregator.sinks.base import Sink
-from fedge.errors import FedgeError, MessageError, SinkError, TopicError
-from fedge.messages import (
-    MAX_MESSAGE_BYTES,
-    DeviceStatus,
-    Prediction,
-    Reading,
-    RoundSummary,
-    TelemetryBatch,
-    decode_message,
-)
-from fedge.points import (
-    Point,
-    PointBatch,
-    health_points,
-    prediction_points,
-    round_points,
-    telemetry_lines,
-    telemetry_points,
-)
-from fedge.topics import TopicKind, Topics, parse_topic, validate_segment
+from fedge.errors import FedgeError, IngestReject, IngestRejectedError, SinkError
+from fedge.ingest_rules import Accepted, IngestRules
+from fedge.messages import MAX_MESSAGE_BYTES
+from fedge.points import Point, PointBatch
+from fedge.topics import Topics, validate_segment
 from fedge.transport import InboundMessage, Transport, drain
 
 __all__ = ["IngestReject", "IngestService", "IngestStats"]
 
 log = logging.getLogger(__name__)
-
-
-_M = TypeVar("_M", TelemetryBatch, Prediction, DeviceStatus, RoundSummary)
-
-
-class IngestReject(StrEnum):
-    """Why a message (or a single reading) was not written."""
-
-    BAD_TOPIC = "bad_topic"
-    UNEXPECTED_TOPIC = "unexpected_topic"
-    TOO_LARGE = "too_large"
-    MALFORMED_JSON = "malformed_json"
-    INVALID_SCHEMA = "invalid_schema"
-    WRONG_FLEET = "wrong_fleet"
-    TOPIC_MISMATCH = "topic_mismatch"
-    UNKNOWN_DEVICE = "unknown_device"
-    FUTURE_TIMESTAMP = "future_timestamp"
-    QUEUE_FULL = "queue_full"
-    SINK_REFUSED = "sink_refused"
-    INTERNAL = "internal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,50 +68,6 @@ class _Queued:
     received_at: float
 
 
-class _Reject(Exception):
-    """Internal: abort processing of one message with a counted reason."""
-
-    def __init__(self, reason: IngestReject, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-class _SeqWindow:
-    """Recently seen ``seq -> device ts`` of one device, bounded, oldest evicted first."""
-
-    __slots__ = ("_seen", "_size")
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._seen: OrderedDict[int, float] = OrderedDict()
-
-    def seen(self, seq: int, ts: float) -> bool:
-        """Record ``seq``; return True if it was already seen with the same timestamp."""
-        window = self._seen
-        previous = window.get(seq)
-        if previous is not None:
-            if previous == ts:
-                return True
-            window.move_to_end(seq)  # a restarted counter: now the newest entry
-        window[seq] = ts
-        while len(window) > self._size:
-            window.popitem(last=False)
-        return False
-
-    def fresh(self, readings: Sequence[Reading]) -> list[bool]:
-        """:meth:`seen` for each reading in order, negated: True where the reading is new."""
-        seqs = [r.seq for r in readings]
-        window = self._seen
-        if len(set(seqs)) == len(seqs) and window.keys().isdisjoint(seqs):
-            # The usual case, all new and distinct: one bulk insert, same final window.
-            window.update(zip(seqs, [r.ts for r in readings], strict=True))
-            while len(window) > self._size:
-                window.popitem(last=False)
-            return [True] * len(seqs)
-        return [not self.seen(r.seq, r.ts) for r in readings]
-
-
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
 
@@ -192,25 +100,27 @@ class IngestService:
     ) -> None:
         self.transport = transport
         self.sink = sink
-        # A sink that writes line protocol (InfluxSink) takes telemetry preformatted.
-        self._line_protocol = bool(getattr(sink, "line_protocol", False))
         self.topics = Topics(fleet)
         self.fleet = fleet
-        self.known_devices = None if known_devices is None else frozenset(known_devices)
+        self.rules = IngestRules(
+            fleet=fleet,
+            known_devices=known_devices,
+            max_message_bytes=max_message_bytes,
+            max_future_s=max_future_s,
+            dedup_window=dedup_window,
+            max_tracked_devices=max_tracked_devices,
+            # A sink that writes line protocol (InfluxSink) takes telemetry preformatted.
+            telemetry_as_lines=sink.accepts_line_protocol,
+        )
         if shared_group is not None:
             validate_segment(shared_group, what="shared subscription group")
         self.shared_group = shared_group
-        self.max_message_bytes = max_message_bytes
-        self.max_future_s = max_future_s
-        self.dedup_window = dedup_window
-        self.max_tracked_devices = max_tracked_devices
         self.enqueue_timeout_s = enqueue_timeout_s
         self.batch_messages = batch_messages
         self.sink_retry_s = sink_retry_s
         self.clock = clock
 
         self._queue: queue.Queue[_Queued] = queue.Queue(maxsize=queue_size)
-        self._windows: OrderedDict[str, _SeqWindow] = OrderedDict()
         self._stats_lock = threading.Lock()
         self._received = 0
         self._accepted = 0
@@ -329,160 +239,28 @@ class IngestService:
             return
 
     def _process(self, item: _Queued) -> Sequence[Point]:
+        topic = item.message.topic
         try:
-            points = self._convert(item)
-            if points is None:
-                with self._stats_lock:
-                    self._ignored += 1
-                return []
-        except _Reject as rej:
+            outcome = self.rules.convert(topic, item.message.payload, received_at=item.received_at)
+        except IngestRejectedError as rej:
             self._reject(rej.reason, rej.detail)
             return []
-        except (MessageError, SinkError) as exc:
-            # Decoded fine but cannot become points (reserved sensor name, bad field key).
-            self._reject(IngestReject.INVALID_SCHEMA, f"{item.message.topic}: {exc}")
-            return []
         except Exception:  # one bad message must never stop ingestion
-            log.exception("unexpected error ingesting %s", item.message.topic)
-            self._reject(IngestReject.INTERNAL, f"unexpected error on {item.message.topic}")
+            log.exception("unexpected error ingesting %s", topic)
+            self._reject(IngestReject.INTERNAL, f"unexpected error on {topic}")
+            return []
+        if not isinstance(outcome, Accepted):
+            with self._stats_lock:
+                self._ignored += 1
             return []
         with self._stats_lock:
             self._accepted += 1
-        return points
-
-    def _convert(self, item: _Queued) -> Sequence[Point] | None:
-        """Points for one message, None if it is deliberately ignored; raises _Reject."""
-        message = item.message
-        try:
-            topic = parse_topic(message.topic)
-        except TopicError as exc:
-            raise _Reject(IngestReject.BAD_TOPIC, str(exc)) from exc
-        if topic.fleet != self.fleet:
-            raise _Reject(IngestReject.WRONG_FLEET, f"{message.topic} is not fleet {self.fleet}")
-        if topic.kind is TopicKind.STATUS and not message.payload:
-            # An empty retained payload clears a decommissioned device's status: not an error.
-            return None
-        if len(message.payload) > self.max_message_bytes:
-            raise _Reject(
-                IngestReject.TOO_LARGE,
-                f"{len(message.payload)} bytes on {message.topic} (limit {self.max_message_bytes})",
-            )
-        match topic.kind:
-            case TopicKind.TELEMETRY:
-                batch = self._decode(TelemetryBatch, message)
-                self._check_origin(batch.fleet, batch.device, topic.device, message.topic)
-                return self._telemetry(batch, item.received_at, message.payload)
-            case TopicKind.PREDICTION:
-                pred = self._decode(Prediction, message)
-                self._check_origin(pred.fleet, pred.device, topic.device, message.topic)
-                self._check_future(pred.ts, item.received_at, message.topic)
-                return prediction_points(pred)
-            case TopicKind.STATUS:
-                status = self._decode(DeviceStatus, message)
-                self._check_origin(status.fleet, status.device, topic.device, message.topic)
-                if status.ts is not None:
-                    self._check_future(status.ts, item.received_at, message.topic)
-                return health_points(status, received_at=item.received_at)
-            case TopicKind.ROUND_SUMMARY:
-                summary = self._decode(RoundSummary, message)
-                if summary.fleet != self.fleet:
-                    raise _Reject(IngestReject.WRONG_FLEET, f"summary names fleet {summary.fleet}")
-                self._check_future(summary.ts, item.received_at, message.topic)
-                return round_points(summary)
-        raise _Reject(IngestReject.UNEXPECTED_TOPIC, f"not an ingested topic: {message.topic}")
-
-    def _decode(self, model: type[_M], message: InboundMessage) -> _M:
-        try:
-            return decode_message(model, message.payload, max_bytes=self.max_message_bytes)
-        except MessageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ValidationError) and any(
-                e["type"] == "json_invalid" for e in cause.errors(include_url=False)
-            ):
-                raise _Reject(IngestReject.MALFORMED_JSON, f"{message.topic}: {exc}") from exc
-            raise _Reject(IngestReject.INVALID_SCHEMA, f"{message.topic}: {exc}") from exc
-
-    def _check_origin(self, fleet: str, device: str, topic_device: str | None, topic: str) -> None:
-        if fleet != self.fleet:
-            raise _Reject(IngestReject.WRONG_FLEET, f"{topic}: payload names fleet {fleet!r}")
-        if device != topic_device:
-            raise _Reject(IngestReject.TOPIC_MISMATCH, f"{topic}: payload names device {device!r}")
-        if self.known_devices is not None and device not in self.known_devices:
-            raise _Reject(IngestReject.UNKNOWN_DEVICE, f"{topic}: device {device!r} not allowed")
-
-    def _check_future(self, ts: float, received_at: float, topic: str) -> None:
-        if ts > received_at + self.max_future_s:
-            raise _Reject(
-                IngestReject.FUTURE_TIMESTAMP,
-                f"{topic}: ts {ts:.3f} is {ts - received_at:.0f}s ahead of the ingest clock",
-            )
-
-    def _window(self, device: str) -> _SeqWindow:
-        window = self._windows.get(device)
-        if window is None:
-            window = self._windows[device] = _SeqWindow(self.dedup_window)
-            while len(self._windows) > self.max_tracked_devices:
-                self._windows.popitem(last=False)
-        else:
-            self._windows.move_to_end(device)
-        return window
-
-    def _telemetry(
-        self, batch: TelemetryBatch, received_at: float, payload: bytes
-    ) -> Sequence[Point]:
-        limit = received_at + self.max_future_s
-        readings = batch.readings
-        future = [r for r in readings if r.ts > limit]
-        if len(future) == len(readings):
-            raise _Reject(
-                IngestReject.FUTURE_TIMESTAMP,
-                f"all {len(future)} reading(s) of {batch.device} are more than "
-                f"{self.max_future_s:.0f}s ahead of the ingest clock",
-            )
-        if future:
-            with self._stats_lock:
-                self._rejected_readings[IngestReject.FUTURE_TIMESTAMP] += len(future)
-            log.warning("%s: dropped %d reading(s) from the future", batch.device, len(future))
-            current = [i for i, r in enumerate(readings) if r.ts <= limit]
-            batch = batch.model_copy(update={"readings": [readings[i] for i in current]})
-        # Convert before recording seqs: a batch that cannot be encoded must not mark
-        # its seqs as seen.
-        if not self._line_protocol:
-            points = telemetry_points(batch)
-            fresh = self._window(batch.device).fresh(batch.readings)
-            self._count_duplicates(fresh)
-            return list(compress(points, fresh))
-        # A line-protocol sink: telemetry goes straight to line protocol (no Point per
-        # reading). Points are built only if someone asks for them, by decoding the
-        # payload again, so no decoded model outlives this call (it would only feed the
-        # garbage collector while the worker's drain is written).
-        lines = telemetry_lines(batch)
-        fresh = self._window(batch.device).fresh(batch.readings)
-        kept = self._count_duplicates(fresh)
-        if kept < len(fresh):
-            lines = list(compress(lines, fresh))
-        if not future and kept == len(fresh):
-            keep: tuple[int, ...] | None = None
-        else:
-            positions = current if future else range(len(readings))
-            keep = tuple(compress(positions, fresh))
-        return PointBatch(lines=lines, make_points=partial(self._points_again, payload, keep))
-
-    def _count_duplicates(self, fresh: list[bool]) -> int:
-        """Count the readings that are not fresh as duplicates; return how many are fresh."""
-        kept = sum(fresh)
-        if kept < len(fresh):
-            with self._stats_lock:
-                self._duplicates += len(fresh) - kept
-        return kept
-
-    def _points_again(self, payload: bytes, keep: tuple[int, ...] | None) -> list[Point]:
-        """The points of the kept readings of a telemetry payload that was accepted before."""
-        batch = decode_message(TelemetryBatch, payload, max_bytes=len(payload))
-        if keep is not None:
-            readings = batch.readings
-            batch = batch.model_copy(update={"readings": [readings[i] for i in keep]})
-        return telemetry_points(batch)
+            self._duplicates += outcome.duplicates
+            if outcome.future_readings:
+                self._rejected_readings[IngestReject.FUTURE_TIMESTAMP] += outcome.future_readings
+        if outcome.future_readings:
+            log.warning("%s: dropped %d reading(s) from the future", topic, outcome.future_readings)
+        return outcome.points
 
     # Counters --------------------------------------------------------------------------
     def _reject(self, reason: IngestReject, detail: str) -> None:

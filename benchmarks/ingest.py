@@ -30,7 +30,6 @@ Prints a table and writes ``benchmarks/results/ingest.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import json
 import logging
@@ -38,17 +37,12 @@ import multiprocessing as mp
 import os
 import platform
 import random
-import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,11 +60,12 @@ from broker.mqtt_transport import PahoTransport
 from fedge.config import BrokerEndpoint
 from fedge.messages import Reading, TelemetryBatch, encode_message
 from fedge.topics import Topics
+from fedge_app.servers import Mosquitto, VictoriaMetrics, find_binary
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ingest.json"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+MOSQUITTO = find_binary("mosquitto")
+VICTORIA = find_binary("victoria-metrics")
 FLEET = "bench"
 SITE = "plant-a"
 SINK_SETTINGS = ("batch_size", "flush_interval_ms", "max_inflight_points")
@@ -109,128 +104,35 @@ class PathResult:
 
 
 # Loopback services -----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# No inflight window to the subscriber (TCP and the subscriber's own bounded queue push
+# back instead): with ``max_inflight_messages 100`` (as in ``broker/mosquitto.conf``)
+# Debian's Mosquitto 2.0.11 once left the last 13 of 10,000 QoS 1 messages undelivered to
+# a connected, acknowledging subscriber, the symptom of the inflight-quota bugs fixed in
+# Mosquitto 2.0.13 (eclipse-mosquitto/mosquitto#2362). The queue bound is large, not 0
+# (unlimited), whose handling had its own bugs before 2.0.17/2.0.22.
+MOSQUITTO_EXTRAS = (
+    "max_inflight_messages 0",
+    "max_queued_messages 10000000",
+    "max_queued_bytes 0",
+)
 
 
-def wait_for_port(port: int, *, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+def mosquitto(root: Path) -> Mosquitto:
+    """Mosquitto 2.x on a free loopback port, never dropping on its own."""
+    return Mosquitto(root / "mosquitto", extra_config=MOSQUITTO_EXTRAS, start_timeout=20.0)
 
 
-def http(url: str, *, timeout: float = 60.0) -> tuple[int, bytes]:
-    if not url.startswith("http://127.0.0.1:"):
-        raise ValueError(f"the benchmark only talks to loopback servers, not {url}")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return int(exc.code), bytes(exc.read())
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def mosquitto(root: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """Mosquitto 2.x on a free loopback port, never dropping on its own.
-
-    No inflight window to the subscriber (TCP and the subscriber's own bounded queue
-    push back instead): with ``max_inflight_messages 100`` (as in
-    ``broker/mosquitto.conf``) Debian's Mosquitto 2.0.11 once left the last 13 of
-    10,000 QoS 1 messages undelivered to a connected, acknowledging subscriber, the
-    symptom of the inflight-quota bugs fixed in Mosquitto 2.0.13
-    (eclipse-mosquitto/mosquitto#2362). The queue bound is large, not 0 (unlimited),
-    whose handling had its own bugs before 2.0.17/2.0.22.
-    """
-    port = free_port()
-    conf = root / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "message_size_limit 16777216\n"
-        "max_inflight_messages 0\n"
-        "max_queued_messages 10000000\n"
-        "max_queued_bytes 0\n"
-        "log_dest stderr\n"
-        "log_type error\n"
-        "log_type warning\n"
-    )
-    with (root / "mosquitto.log").open("wb") as logf:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=logf, stderr=logf)
-        try:
-            wait_for_port(port)
-            yield port, proc
-        finally:
-            stop_process(proc)
-
-
-@contextlib.contextmanager
-def victoria_metrics(root: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def victoria_metrics(root: Path) -> VictoriaMetrics:
     """A VictoriaMetrics single node on a free loopback port, data in ``root``."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (root / "vm.log").open("wb") as logf:
-        proc = subprocess.Popen(
-            [
-                VICTORIA,
-                f"-httpListenAddr=127.0.0.1:{port}",
-                f"-storageDataPath={root / 'vm-data'}",
-                "-retentionPeriod=100y",
-                "-loggerLevel=ERROR",
-                "-selfScrapeInterval=0",
-            ],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30.0
-            while True:
-                with contextlib.suppress(OSError):
-                    if http(f"{url}/health", timeout=1.0)[0] == 200:
-                        break
-                if proc.poll() is not None:
-                    raise RuntimeError(f"victoria-metrics exited: {(root / 'vm.log').read_text()}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError("victoria-metrics not healthy after 30s")
-                time.sleep(0.05)
-            yield url, proc
-        finally:
-            stop_process(proc)
+    return VictoriaMetrics(root / "victoria-metrics", start_timeout=30.0)
 
 
-def read_back(url: str) -> tuple[int, int, int]:
+def read_back(vm: VictoriaMetrics) -> tuple[int, int, int]:
     """(distinct samples, duplicate samples, series) of ``telemetry_seq``: one per point."""
-    status, body = http(f"{url}/internal/force_flush")
-    if status != 200:
-        raise RuntimeError(f"force_flush: HTTP {status}: {body[:200]!r}")
-    query = urllib.parse.urlencode({"match[]": '{__name__="telemetry_seq"}', "start": "0"})
-    status, body = http(f"{url}/api/v1/export?{query}", timeout=120.0)
-    if status != 200:
-        raise RuntimeError(f"export: HTTP {status}: {body[:200]!r}")
+    vm.force_flush()
     seen: Counter[tuple[str, int, int]] = Counter()
     series = 0
-    for line in body.splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in vm.export('{__name__="telemetry_seq"}', timeout=120.0):
         series += 1
         device = row["metric"]["device"]
         for value, ts in zip(row["values"], row["timestamps"], strict=True):
@@ -404,11 +306,11 @@ def finish(
     plan: Plan,
     times: tuple[float, float, int],
     t_end: float,
-    vm_url: str,
+    vm: VictoriaMetrics,
 ) -> None:
     t_first, t_acked, acked = times
     result.published = acked * plan.readings
-    result.stored, result.duplicates, series = read_back(vm_url)
+    result.stored, result.duplicates, series = read_back(vm)
     result.seconds = t_end - t_first
     result.publish_seconds = t_acked - t_first
     result.points_per_s = result.stored / result.seconds if result.seconds > 0 else 0.0
@@ -431,9 +333,10 @@ def run_fedge(plan: Plan, args: argparse.Namespace, console: Console) -> PathRes
     result = PathResult("fedge", plan.messages)
     with tempfile.TemporaryDirectory(prefix="fedge-bench-ingest-") as tmp:
         root = Path(tmp)
-        with mosquitto(root) as (port, broker), victoria_metrics(root) as (vm_url, vm):
+        with mosquitto(root) as broker, victoria_metrics(root) as vm:
+            port = broker.port
             sink = InfluxSink(
-                InfluxTarget.v2(vm_url, org="fedge", bucket="fedge", token=""),
+                InfluxTarget.v2(vm.url, org="fedge", bucket="fedge", token=""),
                 root / "spool.db",
                 **given(args, SINK_SETTINGS),
             )
@@ -451,8 +354,8 @@ def run_fedge(plan: Plan, args: argparse.Namespace, console: Console) -> PathRes
                         cpu = CpuMeter(
                             {
                                 "publisher": publisher.pid,
-                                "mosquitto": broker.pid,
-                                "victoria-metrics": vm.pid,
+                                "mosquitto": broker.pid or 0,
+                                "victoria-metrics": vm.pid or 0,
                             }
                         )
                         cpu.start()
@@ -483,7 +386,7 @@ def run_fedge(plan: Plan, args: argparse.Namespace, console: Console) -> PathRes
                 ingest=asdict(service.stats),
                 sink={k: v for k, v in asdict(sink.stats).items() if k != "last_error"},
             )
-            finish(result, plan, times, t_end, vm_url)
+            finish(result, plan, times, t_end, vm)
     return result
 
 
@@ -514,8 +417,9 @@ def run_baseline(plan: Plan, args: argparse.Namespace, console: Console) -> Path
     result = PathResult("baseline", plan.messages)
     with tempfile.TemporaryDirectory(prefix="fedge-bench-baseline-") as tmp:
         root = Path(tmp)
-        with mosquitto(root) as (port, broker), victoria_metrics(root) as (vm_url, vm):
-            client = InfluxDBClient(url=vm_url, token="", org="fedge", timeout=30_000)
+        with mosquitto(root) as broker, victoria_metrics(root) as vm:
+            port = broker.port
+            client = InfluxDBClient(url=vm.url, token="", org="fedge", timeout=30_000)
             write_api = client.write_api(write_options=SYNCHRONOUS)
             lock = threading.Lock()
             written = failures = 0
@@ -554,8 +458,8 @@ def run_baseline(plan: Plan, args: argparse.Namespace, console: Console) -> Path
                     cpu = CpuMeter(
                         {
                             "publisher": publisher.pid,
-                            "mosquitto": broker.pid,
-                            "victoria-metrics": vm.pid,
+                            "mosquitto": broker.pid or 0,
+                            "victoria-metrics": vm.pid or 0,
                         }
                     )
                     cpu.start()
@@ -572,7 +476,7 @@ def run_baseline(plan: Plan, args: argparse.Namespace, console: Console) -> Path
                 client.close()
             result.cpu_seconds = cpu.used
             result.extra["write_failures"] = failures
-            finish(result, plan, times, t_end, vm_url)
+            finish(result, plan, times, t_end, vm)
     return result
 
 
@@ -599,9 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 1 <= args.sensors <= 256:
         parser.error("--sensors must be 1..256 (the wire model's limit)")
-    for binary in (MOSQUITTO, VICTORIA):
-        if not Path(binary).exists():
-            parser.error(f"{binary} is not installed (apt-get install mosquitto victoria-metrics)")
+    if MOSQUITTO is None or VICTORIA is None:
+        parser.error("mosquitto and victoria-metrics are needed (apt-get install both)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console(width=150)
 
@@ -682,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                 IngestService, given(args, INGEST_SETTINGS), INGEST_SETTINGS
             ),
             "spool": "SQLite WAL, synchronous=FULL (fsync per append)",
-            "mosquitto": f"{tool_version([MOSQUITTO, '-h'])}: max_inflight_messages 0, "
+            "mosquitto": f"{tool_version([str(MOSQUITTO), '-h'])}: max_inflight_messages 0, "
             "max_queued_messages 10000000",
             "victoria_metrics": tool_version(
                 ["dpkg-query", "-W", "-f", "victoria-metrics ${Version}", "victoria-metrics"]

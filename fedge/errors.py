@@ -17,6 +17,7 @@ boundary (``raise ... from exc``) so callers only ever catch fedge types.
     │       ├── CompressionError        a compressed body / update encoding that is invalid
     │       └── ChunkError              a frame chunk that cannot be parsed or reassembled
     ├── UpdateRejectedError         a well-formed update that must not be aggregated
+    ├── IngestRejectedError         a telemetry/status/... message that is not ingested
     ├── TransportError              broker connection / publish failures
     ├── StorageError                SQLite store, checkpoints, spool files
     ├── SinkError                   time-series database writes
@@ -38,6 +39,8 @@ __all__ = [
     "FedgeError",
     "FrameError",
     "FrameTooLargeError",
+    "IngestReject",
+    "IngestRejectedError",
     "MessageError",
     "NonFiniteTensorError",
     "ProtocolError",
@@ -133,6 +136,36 @@ class UpdateRejectedError(FedgeError):
     """A model update was refused by validation; ``reason`` says why."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class IngestReject(StrEnum):
+    """Why an ingested message (or a single reading) was not written (counted per reason).
+
+    The first nine are decided by the pure rules (:mod:`fedge.ingest_rules`) from the
+    message alone; the last three by the ingest service's I/O loop.
+    """
+
+    BAD_TOPIC = "bad_topic"
+    UNEXPECTED_TOPIC = "unexpected_topic"
+    TOO_LARGE = "too_large"
+    MALFORMED_JSON = "malformed_json"
+    INVALID_SCHEMA = "invalid_schema"
+    WRONG_FLEET = "wrong_fleet"
+    TOPIC_MISMATCH = "topic_mismatch"
+    UNKNOWN_DEVICE = "unknown_device"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    QUEUE_FULL = "queue_full"
+    SINK_REFUSED = "sink_refused"
+    INTERNAL = "internal"
+
+
+class IngestRejectedError(FedgeError):
+    """A message was refused by the ingest rules; ``reason`` says why, ``detail`` for logs."""
+
+    def __init__(self, reason: IngestReject, detail: str) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail

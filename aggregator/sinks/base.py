@@ -33,13 +33,18 @@ class SinkStats:
 
 @runtime_checkable
 class Sink(Protocol):
-    """Destination of ingested points. Implementations are thread-safe.
+    """Destination of ingested points. Implementations are thread-safe."""
 
-    A sink that writes InfluxDB line protocol may set a class attribute
-    ``line_protocol = True`` (optional, not part of the protocol): the ingest service
-    then hands it telemetry as a :class:`~fedge.points.PointBatch` formatted straight
-    from the wire message, whose ``lines`` it should use instead of formatting points.
-    """
+    @property
+    def accepts_line_protocol(self) -> bool:
+        """Whether this sink writes InfluxDB line protocol.
+
+        If true, the ingest service hands it telemetry as a
+        :class:`~fedge.points.PointBatch` formatted straight from the wire message, whose
+        ``lines`` it uses instead of formatting points (:func:`fedge.points.line_bytes`);
+        if false, it gets plain points and no line is formatted for it.
+        """
+        ...
 
     def write(self, points: Sequence[Point]) -> None:
         """Accept ``points`` durably or raise SinkError (nothing is dropped silently)."""

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import ClassVar, Literal, cast
+from typing import Literal, cast
 
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import WriteOptions, WriteType
@@ -137,9 +137,6 @@ class InfluxSink:
     in-memory retries, after which the durable spool takes over with
     ``replay_backoff_s`` (initial, maximum) seconds between probes.
     """
-
-    line_protocol: ClassVar[bool] = True
-    """Writes line protocol: takes a :class:`~fedge.points.PointBatch`'s preformatted lines."""
 
     def __init__(
         self,
@@ -247,6 +244,11 @@ class InfluxSink:
         self._replayer.start()
 
     # Writing ---------------------------------------------------------------------------
+    @property
+    def accepts_line_protocol(self) -> bool:
+        """True: writes line protocol, reusing a :class:`~fedge.points.PointBatch`'s lines."""
+        return True
+
     def write(self, points: Sequence[Point]) -> None:
         """Spool ``points`` durably and queue them for InfluxDB; SinkError if refused."""
         if not points:

@@ -27,6 +27,11 @@ class MemorySink:
         self.fail_next = 0
         self.closed = False
 
+    @property
+    def accepts_line_protocol(self) -> bool:
+        """False: keeps the points themselves."""
+        return False
+
     def write(self, points: Sequence[Point]) -> None:
         """Append ``points``; raises SinkError if closed or a failure was requested."""
         with self._lock:

@@ -118,6 +118,11 @@ class SqliteSink:
                 self._last_error = str(exc)
                 raise SinkError(f"SQLite sink {self.path}: {exc}") from exc
 
+    @property
+    def accepts_line_protocol(self) -> bool:
+        """False: stores points as rows, not line protocol."""
+        return False
+
     def write(self, points: Sequence[Point]) -> None:
         """Upsert ``points`` in one transaction (fields of an existing point are merged)."""
         if not points:

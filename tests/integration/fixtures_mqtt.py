@@ -1,23 +1,38 @@
-"""Real MQTT brokers for integration tests: a Mosquitto process and the embedded broker."""
+"""Real MQTT brokers for integration tests: a Mosquitto process and the embedded broker.
+
+Thin fixtures over :mod:`fedge_app.servers`; the ``mosquitto`` fixture yields the
+:class:`~fedge_app.servers.Mosquitto` launcher itself, so a test can ``kill()`` or
+``restart()`` the broker on the same port.
+"""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from broker.embedded import EmbeddedBroker
-from tests.support import free_port, wait_for_port
+from fedge_app.servers import Mosquitto, find_binary
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+class BrokerProcess(Protocol):
+    """What the tests need of a running broker, whichever it is."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def url(self) -> str: ...
 
 
 @dataclass(frozen=True)
-class BrokerProcess:
+class _Embedded:
     host: str
     port: int
 
@@ -27,36 +42,12 @@ class BrokerProcess:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A real Mosquitto 2.x on a free loopback port, config and data in tmp_path."""
-    if not Path(MOSQUITTO).exists():
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto 2.x on a free loopback port, config and log in tmp_path."""
+    if find_binary("mosquitto") is None:
         pytest.fail("mosquitto is not installed; scripts/test.sh installs it (apt-get)")
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "message_size_limit 16777216\n"
-        "log_dest stderr\n"
-        "log_type error\n"
-        "log_type warning\n"
-    )
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for_port(port)
-        yield BrokerProcess("127.0.0.1", port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        yield broker
 
 
 @pytest.fixture
@@ -64,6 +55,6 @@ def embedded_broker() -> Iterator[BrokerProcess]:
     """fedge's embedded amqtt broker on a free loopback port."""
     broker = EmbeddedBroker().start()
     try:
-        yield BrokerProcess(broker.host, broker.port)
+        yield _Embedded(broker.host, broker.port)
     finally:
         broker.stop()

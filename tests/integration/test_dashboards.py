@@ -29,7 +29,7 @@ from fedge.messages import (
 from fedge.points import Point, lines
 from fedge.topics import Topics
 from fedge.transport import InMemoryBroker
-from tests.integration.fixtures_influx import InfluxV1
+from fedge_app.servers import InfluxDB1
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,7 @@ def fleet_messages() -> Iterator[tuple[str, WireModel]]:
 
 
 @pytest.fixture(scope="module")
-def loaded(influxdb_v1: InfluxV1) -> list[Point]:
+def loaded(influxdb_v1: InfluxDB1) -> list[Point]:
     """The fleet's messages through IngestService, written to InfluxDB via v1 /write."""
     broker = InMemoryBroker()
     sink = MemorySink()
@@ -183,7 +183,7 @@ def non_null_series(result: dict[str, object]) -> list[dict[str, object]]:
     ]
 
 
-def test_data_loaded(loaded: list[Point], influxdb_v1: InfluxV1) -> None:
+def test_data_loaded(loaded: list[Point], influxdb_v1: InfluxDB1) -> None:
     measurements = {p.measurement for p in loaded}
     assert measurements == {"telemetry", "prediction", "device_health", "fl_round", "alert"}
     result = influxdb_v1.query('SELECT count("seq") FROM "telemetry"', db=DB)
@@ -195,7 +195,7 @@ ALL = all_queries()
 
 @pytest.mark.parametrize(("dashboard", "panel", "query"), ALL, ids=[f"{d}:{p}" for d, p, _ in ALL])
 def test_every_panel_query_returns_data(
-    loaded: list[Point], influxdb_v1: InfluxV1, dashboard: str, panel: str, query: str
+    loaded: list[Point], influxdb_v1: InfluxDB1, dashboard: str, panel: str, query: str
 ) -> None:
     series = non_null_series(influxdb_v1.query(substitute(query), db=DB, epoch="ms"))
     assert series, f"{dashboard} / {panel}: no data for {substitute(query)}"
@@ -208,14 +208,14 @@ VARIABLES = variable_queries()
     ("dashboard", "name", "query"), VARIABLES, ids=[f"{d}:${n}" for d, n, _ in VARIABLES]
 )
 def test_every_template_variable_lists_values(
-    loaded: list[Point], influxdb_v1: InfluxV1, dashboard: str, name: str, query: str
+    loaded: list[Point], influxdb_v1: InfluxDB1, dashboard: str, name: str, query: str
 ) -> None:
     series = non_null_series(influxdb_v1.query(substitute(query), db=DB))
     values = {row[1] for s in series for row in s["values"]}  # type: ignore[attr-defined]
     assert values == ({FLEET} if name == "fleet" else set(DEVICES))
 
 
-def test_device_variable_drives_the_drill_down(loaded: list[Point], influxdb_v1: InfluxV1) -> None:
+def test_device_variable_drives_the_drill_down(loaded: list[Point], influxdb_v1: InfluxDB1) -> None:
     """Each device selected in $device gets its own numbers, not the fleet's."""
     query = 'SELECT count("seq") FROM "telemetry" WHERE "device" =~ /^$device$/ AND $timeFilter'
     for device in DEVICES:
@@ -223,7 +223,7 @@ def test_device_variable_drives_the_drill_down(loaded: list[Point], influxdb_v1:
         assert series["values"][0][1] == 170  # type: ignore[index]
 
 
-def test_field_types_are_stable_in_influxdb(loaded: list[Point], influxdb_v1: InfluxV1) -> None:
+def test_field_types_are_stable_in_influxdb(loaded: list[Point], influxdb_v1: InfluxDB1) -> None:
     """Ints stay ints, floats stay floats, once InfluxDB has seen them."""
     result = influxdb_v1.query("SHOW FIELD KEYS", db=DB)
     types = {
@@ -241,7 +241,7 @@ def test_field_types_are_stable_in_influxdb(loaded: list[Point], influxdb_v1: In
     assert types[("alert", "message")] == "string"
 
 
-def test_escaped_point_round_trips_through_influxdb(influxdb_v1: InfluxV1) -> None:
+def test_escaped_point_round_trips_through_influxdb(influxdb_v1: InfluxDB1) -> None:
     """The encoder's escaping is read back by a real InfluxDB exactly as meant."""
     db = "escapes"
     influxdb_v1.create_database(db)

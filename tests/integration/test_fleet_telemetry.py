@@ -23,7 +23,7 @@ from edge_agent.sources import SimulatedSensorSource
 from edge_agent.store import ReadingStore
 from fedge.config import AgentConfig, BrokerEndpoint
 from fedge.data.simulator import SENSOR_NAMES, SiteProfile
-from tests.integration.fixtures_influx import VictoriaMetrics
+from fedge_app.servers import VictoriaMetrics
 from tests.integration.fixtures_mqtt import BrokerProcess
 from tests.support import wait_until
 

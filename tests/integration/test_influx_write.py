@@ -18,7 +18,7 @@ import pytest
 from aggregator.sinks import InfluxSink, InfluxTarget
 from fedge.messages import Prediction, Reading, TelemetryBatch
 from fedge.points import Point, prediction_points, telemetry_points
-from tests.integration.fixtures_influx import VictoriaMetrics
+from fedge_app.servers import VictoriaMetrics
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from fedge.messages import (
     TelemetryBatch,
     encode_message,
 )
-from fedge.points import telemetry_points
+from fedge.points import Point, PointBatch, telemetry_points
 from fedge.topics import Topics
 from fedge.transport import InboundMessage, InMemoryBroker, InMemoryTransport
 from tests.support import wait_until
@@ -320,8 +320,9 @@ def test_dedup_memory_is_bounded_per_device_and_in_devices() -> None:
         rig.settle(6)
         assert rig.service.stats.duplicates == 2
         assert len(rig.sink.by_measurement("telemetry")) == 10 + 1 + 1 + 1 + 1
-        assert set(rig.service._windows) == {"c", "a"}
-        assert all(len(w._seen) <= 4 for w in rig.service._windows.values())
+        dedup = rig.service.rules.dedup
+        assert set(dedup.devices) == {"c", "a"}
+        assert all(dedup.remembered(device) <= 4 for device in dedup.devices)
 
 
 def test_full_queue_rejects_and_counts_instead_of_blocking() -> None:
@@ -388,3 +389,49 @@ def test_end_to_end_into_sqlite_with_duplicates(tmp_path: Path) -> None:
         pub.close()
         service.stop(timeout=1.0)
         sink.close()
+
+
+class LineProtocolSink(MemorySink):
+    """A MemorySink that declares it writes line protocol, keeping what it was handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed: list[Sequence[Point]] = []
+
+    @property
+    def accepts_line_protocol(self) -> bool:
+        return True
+
+    def write(self, points: Sequence[Point]) -> None:
+        self.handed.append(points)
+        super().write(points)
+
+
+def test_sinks_declare_whether_they_take_line_protocol(tmp_path: Path) -> None:
+    sqlite = SqliteSink(tmp_path / "x.db")
+    try:
+        assert (MemorySink().accepts_line_protocol, sqlite.accepts_line_protocol) == (False, False)
+    finally:
+        sqlite.close()
+    assert LineProtocolSink().accepts_line_protocol is True
+
+
+@pytest.mark.parametrize("sink_type", [MemorySink, LineProtocolSink])
+def test_telemetry_is_preformatted_only_for_a_line_protocol_sink(
+    sink_type: type[MemorySink],
+) -> None:
+    broker = InMemoryBroker()
+    sink = sink_type()
+    service = IngestService(broker.transport("ingest"), sink, fleet=FLEET, clock=clock)
+    batch = telemetry("pump-01", range(3))
+    service.start()
+    try:
+        service.handle(InboundMessage(T.telemetry("pump-01"), encode_message(batch)))
+        assert wait_until(lambda: service.stats.points_written == 3, timeout=5.0)
+    finally:
+        service.stop(timeout=5.0)
+    assert sink.points == telemetry_points(batch)
+    if isinstance(sink, LineProtocolSink):
+        (handed,) = sink.handed
+        assert isinstance(handed, PointBatch)
+        assert handed.lines == [p.to_line().encode() for p in telemetry_points(batch)]
