@@ -81,31 +81,12 @@ class PahoTransport:
         self.endpoint = endpoint
         self.client_id = client_id
         self._connect_timeout = connect_timeout
-        protocol = (
+        self._protocol = (
             MQTTProtocolVersion.MQTTv5 if endpoint.protocol == "5" else MQTTProtocolVersion.MQTTv311
         )
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=protocol,
-            clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else clean_session,
-        )
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.max_inflight_messages_set(max_inflight)
-        self._client.max_queued_messages_set(0)  # unbounded: the caller bounds what it queues
-        if endpoint.username is not None:
-            self._client.username_pw_set(endpoint.username, endpoint.password)
-        if endpoint.tls:
-            self._client.tls_set(
-                ca_certs=str(endpoint.ca_file) if endpoint.ca_file else None,
-                certfile=str(endpoint.cert_file) if endpoint.cert_file else None,
-                keyfile=str(endpoint.key_file) if endpoint.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        self._client.on_connect = self._on_connect
-        self._client.on_socket_open = self._on_socket_open
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        self._clean_session = clean_session
+        self._max_inflight = max_inflight
+        self._client = self._new_client()
         self._lock = threading.Lock()
         self._filters: dict[str, int] = {}
         self._match_filters: tuple[str, ...] = ()
@@ -116,6 +97,34 @@ class PahoTransport:
         self._pending: list[_PahoPublishHandle] = []
         self.reconnects = 0
         self.unsolicited = 0
+
+    def _new_client(self) -> mqtt.Client:
+        endpoint = self.endpoint
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=self._protocol,
+            clean_session=(
+                None if self._protocol == MQTTProtocolVersion.MQTTv5 else self._clean_session
+            ),
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(self._max_inflight)
+        client.max_queued_messages_set(0)  # unbounded: the caller bounds what it queues
+        if endpoint.username is not None:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            client.tls_set(
+                ca_certs=str(endpoint.ca_file) if endpoint.ca_file else None,
+                certfile=str(endpoint.cert_file) if endpoint.cert_file else None,
+                keyfile=str(endpoint.key_file) if endpoint.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.on_connect = self._on_connect
+        client.on_socket_open = self._on_socket_open
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
 
     @property
     def connected(self) -> bool:
@@ -194,12 +203,11 @@ class PahoTransport:
         deadline = time.monotonic() + self._connect_timeout
         while not self._connected.wait(0.05):
             if self._refused is not None:
-                self._stop_loop()
-                raise TransportError(
-                    f"broker {self.endpoint.url} refused connection: {self._refused}"
-                )
+                refused = self._refused
+                self._abandon()
+                raise TransportError(f"broker {self.endpoint.url} refused connection: {refused}")
             if time.monotonic() > deadline:
-                self._stop_loop()
+                self._abandon()
                 raise TransportError(
                     f"no connection to {self.endpoint.url} within {self._connect_timeout}s"
                 )
@@ -232,6 +240,18 @@ class PahoTransport:
                 self._pending = [h for h in self._pending if not h.delivered]
                 self._pending.append(handle)
         return handle
+
+    def _abandon(self) -> None:
+        """Give up a connection attempt; the next ``connect`` starts from a fresh client.
+
+        paho's ``loop_stop`` leaves the socket and the loop's wake-up socket pair open
+        (``loop_start`` makes a new pair each time); ``reinitialise`` closes them.
+        """
+        self._client.disconnect()
+        self._stop_loop()
+        self._client.reinitialise()
+        self._client = self._new_client()
+        self._refused = None
 
     def _stop_loop(self) -> None:
         if self._loop_started:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import tenacity
 
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
@@ -72,6 +73,7 @@ class AgentStats:
     rounds_answered: int = 0
     models_received: int = 0
     rejected_messages: int = 0
+    connect_failures: int = 0
     last_error: str | None = None
     answered_rounds: list[int] = field(default_factory=list)
 
@@ -154,6 +156,10 @@ class EdgeAgent:
 
     def start(self) -> None:
         """Backfill history if the store is new, connect, subscribe, announce online."""
+        self._backfill()
+        self._connect()
+
+    def _backfill(self) -> None:
         if self._history_units and not self.store.failed_units():
             now = self.clock()
             for run in self.source.history(self._history_units):
@@ -161,6 +167,8 @@ class EdgeAgent:
                 self.store.append_unit(
                     unit=run.unit, values=run.sensors, ts=ts.tolist(), failed=True
                 )
+
+    def _connect(self) -> None:
         offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
         self.transport.connect(
             on_message=self._inbox.put,
@@ -171,6 +179,63 @@ class EdgeAgent:
         self.transport.publish(
             self.topics.status(self.config.device), self._status("online"), retain=True
         )
+
+    def _connect_with_retry(self, stop: threading.Event) -> bool:
+        """Connect, retrying with exponential backoff and jitter until ``stop`` is set.
+
+        While it waits the agent keeps sampling into its store (store-and-forward), so
+        a broker that is down at boot costs no readings. Returns False if stopped first.
+        """
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransportError),
+            # initial * 2**n plus up to `initial` of jitter, so a fleet that lost its broker
+            # does not reconnect in lock-step.
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=self.config.reconnect_initial_s,
+                jitter=self.config.reconnect_initial_s,
+                max=self.config.reconnect_max_s,
+            ),
+            stop=tenacity.stop_when_event_set(stop),
+            sleep=lambda seconds: self._sample_offline(seconds, stop),
+            before_sleep=self._log_connect_retry,
+            reraise=True,
+        )
+        try:
+            retrying(self._connect)
+        except TransportError:
+            return False  # stopped while the broker was still unreachable
+        if self.stats.connect_failures:
+            log.info(
+                "%s: connected after %d failed attempt(s)",
+                self.config.device,
+                self.stats.connect_failures,
+            )
+        return True
+
+    def _log_connect_retry(self, state: tenacity.RetryCallState) -> None:
+        self.stats.connect_failures += 1
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        self.stats.last_error = f"broker unreachable: {error}"
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "%s: broker unreachable (attempt %d): %s; retrying in %.1fs",
+            self.config.device,
+            state.attempt_number,
+            error,
+            wait,
+        )
+
+    def _sample_offline(self, seconds: float, stop: threading.Event) -> None:
+        """Keep sampling into the store for ``seconds`` (or until ``stop``), no network."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            now = self.clock()
+            if self.config.sample_interval_s > 0 and now >= self._next_sample:
+                self._next_sample = now + self.config.sample_interval_s
+                self._sample(now)
+            pause = self.config.sample_interval_s if self.config.sample_interval_s > 0 else 0.05
+            stop.wait(min(pause, 0.05, max(0.0, deadline - time.monotonic())))
 
     def publish_status(self) -> None:
         """Re-publish the retained online status with fresh health figures."""
@@ -201,7 +266,11 @@ class EdgeAgent:
         """Run until ``stop`` is set: the agent's whole life on one thread (local training
         on a second one when ``background_training``, so sampling keeps its rate)."""
         self._halt = stop
-        self.start()
+        self._backfill()
+        if not self._connect_with_retry(stop):
+            self._halt.set()
+            self.transport.close()
+            return
         try:
             while not stop.is_set():
                 # Sleep on the inbox until the next sample/flush/status is due (at most

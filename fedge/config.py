@@ -154,6 +154,9 @@ class AgentConfig(FedgeSettings):
     # Train on a worker thread, so sampling and telemetry keep their rate during a round
     # (in-process simulations train inline, which keeps them deterministic).
     background_training: bool = True
+    # Broker unreachable: retry with exponential backoff and jitter between these bounds.
+    reconnect_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # [features]: fleet feature name -> this device's channel name. A feature not listed
     # is read from the channel of the same name.
     features: dict[SensorName, Annotated[str, Field(min_length=1, max_length=128)]] = Field(
