@@ -1,4 +1,4 @@
-"""FedAvg (McMahan et al. 2017): the next global model is the example-weighted mean."""
+"""FedAvg (McMahan et al. 2017): the identity server step; the aggregate is the new model."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedge.strategies.base import Params, Strategy
+from fedge.strategies.params import Params
+from fedge.strategies.server_steps.base import ServerStep
 
 __all__ = ["FedAvg"]
 
 
-class FedAvg(Strategy):
-    """Plain federated averaging."""
+class FedAvg(ServerStep):
+    """Plain federated averaging: the next global weights are the aggregate (float32 copies)."""
 
     name = "fedavg"
 
-    def aggregate(
-        self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]
+    def step(
+        self, current: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray]
     ) -> Params:
-        return {k: np.asarray(v, np.float32).copy() for k, v in client_mean.items()}
+        return {k: np.asarray(v, np.float32).copy() for k, v in aggregate.items()}
