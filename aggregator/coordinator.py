@@ -5,16 +5,24 @@ reply frames as raw bytes, clock ticks) and returns *effects* for the service
 to carry out: publish this, save that checkpoint, a round has closed. It never
 touches a socket or a file, so every rule here is tested with literal bytes.
 
-Round lifecycle::
+Round lifecycle (the conditions in brackets are those of the ``sync`` policy)::
 
-    waiting ──(>= min_clients online)──> collecting ──(all expected replied,
-      ^                                        │       target reached, or deadline)
-      └────────────── next round <──── close: aggregate / publish / checkpoint
+    waiting ──(policy opens: >= min_clients online)──> collecting
+      ^                                                    │ (policy closes: all expected
+      │                                                    │  replied, target reached,
+      │                                                    │  or deadline)
+      └──── next round <──── close: reduce / server step / publish / checkpoint
 
 Round 0 is the federated statistics round (devices send per-feature count, sum
 and sum of squares; the aggregator sets the model's normalisation from them and
 publishes global version 0). Rounds 1..R train (version v -> v+1). A final
 ``evaluate`` round measures the last global model on every device's held-out data.
+
+The decisions are the strategy's (:class:`~fedge.strategies.Strategy`): its
+participation policy says who is expected, which replies count and when a round
+closes and succeeds; its reducers fold the accepted replies into one aggregate;
+its server step turns that into the next global weights. The coordinator keeps
+the facts (who is online, what arrived, the clock) and the bookkeeping.
 """
 
 from __future__ import annotations
@@ -32,10 +40,8 @@ from aggregator.state import Checkpoint
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AggregatorConfig
 from fedge.errors import (
-    FrameError,
-    FrameTooLargeError,
     MessageError,
-    NonFiniteTensorError,
+    ProtocolError,
     RejectReason,
     TopicError,
     UpdateRejectedError,
@@ -48,8 +54,8 @@ from fedge.messages import (
     decode_message,
     encode_message,
 )
-from fedge.strategies import Strategy, StreamingMean
-from fedge.topics import TopicKind, Topics, parse_topic
+from fedge.strategies import Reducer, ServerStep, Strategy, stats_template
+from fedge.topics import ParsedTopic, TopicKind, Topics, parse_topic
 from fedge.validation import RoundExpectation, UpdateValidator
 
 __all__ = ["Effect", "Phase", "Publish", "RoundClosed", "RoundCoordinator", "SaveCheckpoint"]
@@ -57,7 +63,6 @@ __all__ = ["Effect", "Phase", "Publish", "RoundClosed", "RoundCoordinator", "Sav
 log = logging.getLogger(__name__)
 
 NORMALISATION = ("input_mean", "input_std")
-_STD_FLOOR = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +94,17 @@ class Phase(StrEnum):
 
 @dataclass
 class _OpenRound:
-    """Everything about the round being collected; O(model) memory whatever the fleet size."""
+    """Everything about the round being collected (a :class:`~fedge.strategies.RoundView`).
+
+    Memory: the reducer's (O(model) for ``mean``) plus the sets of device names.
+    """
 
     announcement: RoundAnnouncement
     expect: RoundExpectation
     expected: set[str]
-    accumulator: StreamingMean | None
+    accumulator: Reducer | None
     received: set[str] = field(default_factory=set)
+    counted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     bytes_received: int = 0
     num_examples: int = 0
@@ -103,24 +112,39 @@ class _OpenRound:
     loss_weight: float = 0.0
     sq_err_sum: float = 0.0
     val_examples: int = 0
-    stats_count: float = 0.0
-    stats_sum: np.ndarray | None = None
-    stats_sumsq: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _EarlierRound:
+    """A closed training round still answerable by stale replies (``max_staleness > 0``).
+
+    ``expect.template`` holds the global weights the round was announced with (the
+    base of its replies): references to arrays the coordinator never mutates.
+    """
+
+    expect: RoundExpectation
+    received: set[str]
 
 
 class RoundCoordinator:
-    """Runs synchronous rounds with a deadline and a quorum over one fleet."""
+    """Runs one fleet's rounds as its strategy's participation policy decides.
+
+    ``strategy`` is a full :class:`~fedge.strategies.Strategy`, or just a server step,
+    which is then combined with the reducer and participation policy ``config`` names.
+    """
 
     def __init__(
         self,
         config: AggregatorConfig,
         *,
-        strategy: Strategy,
+        strategy: Strategy | ServerStep,
         initial: Checkpoint,
         trainable: Sequence[str],
     ) -> None:
         self.config = config
         self.topics = Topics(config.fleet)
+        if isinstance(strategy, ServerStep):
+            strategy = Strategy.from_settings(config, server_step=strategy)
         self.strategy = strategy
         self.spec = initial.spec
         self.version = initial.version
@@ -129,11 +153,12 @@ class RoundCoordinator:
         self.tensors = {k: np.asarray(v, np.float32) for k, v in initial.tensors.items()}
         self.trainable = list(trainable)
         if initial.strategy_state:
-            strategy.load_state(initial.strategy_state)
+            strategy.server_step.load_state(initial.strategy_state)
         self.validator = UpdateValidator(fleet=config.fleet, allowed_devices=config.allowed_devices)
         self.phase = Phase.WAITING
         self.online: dict[str, DeviceStatus] = {}
         self.open: _OpenRound | None = None
+        self._earlier: dict[int, _EarlierRound] = {}
         self.evaluated = False
         self.rejected_total: Counter[str] = Counter()
         self.history: list[RoundSummary] = []
@@ -154,7 +179,7 @@ class RoundCoordinator:
         try:
             status = decode_message(DeviceStatus, payload)
         except MessageError as exc:
-            self._count_reject(RejectReason.MALFORMED, f"status from {device}: {exc}")
+            self._count_reject(exc.reason, f"status from {device}: {exc}")
             return []
         if status.device != device or status.fleet != self.config.fleet:
             self._count_reject(
@@ -186,34 +211,23 @@ class RoundCoordinator:
             frame = decode_frame(payload, max_bytes=max_bytes)
             if current is None:
                 raise UpdateRejectedError(RejectReason.WRONG_ROUND, "no round is open")
-            device = self.validator.check(
-                parsed, frame, current.expect, already_received=current.received
-            )
-        except FrameTooLargeError as exc:
-            return self._reject(RejectReason.TOO_LARGE, str(exc))
-        except NonFiniteTensorError as exc:
-            return self._reject(RejectReason.NON_FINITE, str(exc))
-        except (FrameError, TopicError) as exc:
-            return self._reject(RejectReason.MALFORMED, str(exc))
-        except UpdateRejectedError as exc:
-            return self._reject(exc.reason, f"{topic}: {exc.detail}")
-        self._accept(current, device, frame)
+            self._admit(current, parsed, frame, now)
+        except (ProtocolError, UpdateRejectedError) as exc:
+            detail = exc.detail if isinstance(exc, UpdateRejectedError) else str(exc)
+            return self._reject(exc.reason, f"{topic}: {detail}")
         return self.tick(now)
 
     def tick(self, now: float) -> list[Effect]:
         """Advance time: open the next round or close the current one when due."""
         if self.phase is Phase.WAITING:
             return self._maybe_announce(now)
-        if self.phase is Phase.COLLECTING and self.open is not None:
-            current = self.open
-            everyone = bool(current.expected) and current.expected <= current.received
-            target = self.config.target_clients
-            if (
-                everyone
-                or (target is not None and len(current.received) >= target)
-                or now >= current.announcement.deadline
-            ):
-                return self._close(now)
+        current = self.open
+        if (
+            self.phase is Phase.COLLECTING
+            and current is not None
+            and self.strategy.participation.should_close(current, now)
+        ):
+            return self._close(now)
         return []
 
     # Internals ----------------------------------------------------------------------------
@@ -231,11 +245,12 @@ class RoundCoordinator:
         if task is None:
             self.phase = Phase.FINISHED
             return []
-        if len(self.online) < self.config.min_clients:
+        plan = self.strategy.participation.open_round(self.online.keys(), task=task, now=now)
+        if plan is None:
             return []
         self.last_round_id += 1
         training = self.config.training
-        options = self.strategy.client_options()
+        options = self.strategy.server_step.client_options()
         if options:
             training = training.model_copy(update=options)
         announcement = RoundAnnouncement(
@@ -244,61 +259,83 @@ class RoundCoordinator:
             task=task,
             base_version=self.version,
             issued_at=now,
-            deadline=now + self.config.round_timeout_s,
+            deadline=plan.deadline,
             min_clients=self.config.min_clients,
             training=training,
             max_update_bytes=self.config.max_update_bytes,
             model=self.spec,
         )
         template: dict[str, np.ndarray] = {}
-        accumulator = None
         if task == "train":
             template = {k: self.tensors[k] for k in self.trainable}
-            accumulator = StreamingMean(template)
         elif task == "stats":
-            n = self.spec.stats_features
-            template = {
-                "count": np.zeros(1, np.float64),
-                "sum": np.zeros(n, np.float64),
-                "sumsq": np.zeros(n, np.float64),
-            }
+            template = stats_template(self.spec.stats_features)
         self.open = _OpenRound(
             announcement=announcement,
             expect=RoundExpectation(self.last_round_id, self.version, task, template),
-            expected=set(self.online),
-            accumulator=accumulator,
+            expected=set(plan.expected),
+            accumulator=self.strategy.reducer_for(task, template),
         )
         self.phase = Phase.COLLECTING
         log.info(
-            "round %d (%s) announced to %d devices", self.last_round_id, task, len(self.online)
+            "round %d (%s) announced, %d devices expected",
+            self.last_round_id,
+            task,
+            len(plan.expected),
         )
         return [Publish(self.topics.round_current, encode_message(announcement), retain=True)]
 
-    def _accept(self, current: _OpenRound, device: str, frame: Frame) -> None:
+    def _admit(self, current: _OpenRound, parsed: ParsedTopic, frame: Frame, now: float) -> None:
+        """Validate a reply, let the policy weigh it and fold it in; raises to refuse it."""
+        answered = self._round_answered(parsed, current)
+        device = self.validator.check(
+            parsed, frame, answered.expect, already_received=answered.received
+        )
+        participation = self.strategy.participation
+        staleness = self.version - answered.expect.base_version
+        factor = participation.admit(current, device, staleness=staleness, now=now)
+        tensors = frame.tensors
+        if staleness > 0:
+            tensors = participation.rebase(
+                tensors, base=answered.expect.template, current=self.tensors
+            )
         header = frame.header
-        current.received.add(device)
+        if current.accumulator is not None:
+            # First, so that an update the reducer refuses leaves no trace in the round.
+            current.accumulator.add(tensors, float(header.num_examples) * factor)
+        answered.received.add(device)
+        current.counted += 1
         current.num_examples += header.num_examples
         metrics = header.metrics
-        task = current.expect.task
-        if task == "train":
-            assert current.accumulator is not None  # noqa: S101 - set for every train round
-            current.accumulator.add(frame.tensors, float(header.num_examples))
+        if current.expect.task == "train":
             loss = metrics.get("train_loss")
             if loss is not None and loss >= 0:
                 current.loss_sum += loss * header.num_examples
                 current.loss_weight += header.num_examples
             self._add_val(current, metrics.get("val_rmse"), metrics.get("val_examples"))
-        elif task == "evaluate":
+        elif current.expect.task == "evaluate":
             self._add_val(current, metrics.get("rmse"), float(header.num_examples))
-        else:
-            t = frame.tensors
-            current.stats_count += float(t["count"][0])
-            current.stats_sum = (
-                t["sum"] if current.stats_sum is None else current.stats_sum + t["sum"]
-            )
-            current.stats_sumsq = (
-                t["sumsq"] if current.stats_sumsq is None else current.stats_sumsq + t["sumsq"]
-            )
+
+    def _round_answered(
+        self, parsed: ParsedTopic, current: _OpenRound
+    ) -> _OpenRound | _EarlierRound:
+        """The open round, or the earlier training round a stale reply answers."""
+        if current.expect.task == "train" and parsed.round_id is not None:
+            earlier = self._earlier.get(parsed.round_id)
+            if earlier is not None:
+                return earlier
+        return current
+
+    def _remember(self, closed: _OpenRound) -> None:
+        """Keep a closed training round answerable, within the policy's staleness bound."""
+        limit = self.strategy.participation.max_staleness
+        if limit <= 0:
+            return
+        self._earlier[closed.expect.round_id] = _EarlierRound(closed.expect, closed.received)
+        for round_id in sorted(self._earlier):  # oldest first
+            too_old = self.version - self._earlier[round_id].expect.base_version > limit
+            if too_old or len(self._earlier) > limit + 1:
+                del self._earlier[round_id]
 
     @staticmethod
     def _add_val(current: _OpenRound, rmse: float | None, n: float | None) -> None:
@@ -323,17 +360,27 @@ class RoundCoordinator:
         self.open = None
         self.phase = Phase.WAITING
         task = current.expect.task
-        participants = len(current.received)
+        participants = current.counted
         effects: list[Effect] = []
-        ok = participants >= self.config.min_clients
+        ok = self.strategy.participation.succeeded(current)
+        aggregate: dict[str, np.ndarray] = {}
+        if ok and current.accumulator is not None:
+            try:
+                aggregate = current.accumulator.result()
+            except ValueError as exc:  # nothing to reduce, e.g. only zero-row stats
+                log.warning("round %d: %s", current.expect.round_id, exc)
+                ok = False
         if ok and task == "stats":
-            ok = self._apply_stats(current)
+            mean_name, std_name = NORMALISATION
+            self.tensors[mean_name] = aggregate["mean"]
+            self.tensors[std_name] = aggregate["std"]
+            self.stats_done = True
         if ok and task == "train":
-            assert current.accumulator is not None  # noqa: S101
             current_trainable = {k: self.tensors[k] for k in self.trainable}
-            new = self.strategy.aggregate(current_trainable, current.accumulator.mean())
-            self.tensors.update(new)
+            self.tensors.update(self.strategy.server_step.step(current_trainable, aggregate))
             self.version += 1
+        if task == "train":
+            self._remember(current)
         if ok and task == "evaluate":
             self.evaluated = True
         if ok and task in ("stats", "train"):
@@ -373,16 +420,6 @@ class RoundCoordinator:
         effects.extend(self._maybe_announce(now))
         return effects
 
-    def _apply_stats(self, current: _OpenRound) -> bool:
-        if current.stats_count <= 0 or current.stats_sum is None or current.stats_sumsq is None:
-            return False
-        mean = current.stats_sum / current.stats_count
-        var = np.maximum(current.stats_sumsq / current.stats_count - mean * mean, 0.0)
-        self.tensors["input_mean"] = mean.astype(np.float32)
-        self.tensors["input_std"] = np.maximum(np.sqrt(var), _STD_FLOOR).astype(np.float32)
-        self.stats_done = True
-        return True
-
     def _checkpoint(self) -> Checkpoint:
         return Checkpoint(
             fleet=self.config.fleet,
@@ -390,7 +427,7 @@ class RoundCoordinator:
             round_id=self.last_round_id,
             spec=self.spec,
             tensors=dict(self.tensors),
-            strategy_state=self.strategy.state(),
+            strategy_state=self.strategy.server_step.state(),
             stats_done=self.stats_done,
         )
 
@@ -411,7 +448,7 @@ class RoundCoordinator:
         try:
             parsed = parse_topic(topic)
         except TopicError as exc:
-            self._count_reject(RejectReason.MALFORMED, str(exc))
+            self._count_reject(exc.reason, str(exc))
             return []
         if parsed.fleet != self.config.fleet:
             self._count_reject(RejectReason.WRONG_FLEET, f"message for fleet {parsed.fleet}")

@@ -19,7 +19,7 @@ from fedge.config import AggregatorConfig
 from fedge.errors import FedgeError, TransportError
 from fedge.messages import RoundSummary
 from fedge.models import build_model, state_tensors, trainable_names
-from fedge.strategies import make_strategy
+from fedge.strategies import Strategy
 from fedge.topics import Topics
 from fedge.transport import InboundMessage, Transport, drain
 
@@ -70,7 +70,7 @@ class AggregatorService:
                 model = build_model(initial.spec)
         return RoundCoordinator(
             self.config,
-            strategy=make_strategy(self.config.strategy, self.config.strategy_options),
+            strategy=Strategy.from_settings(self.config),
             initial=initial,
             trainable=trainable_names(model),
         )

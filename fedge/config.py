@@ -9,6 +9,7 @@ naming the offending field.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -186,8 +187,14 @@ class AggregatorConfig(FedgeSettings):
     min_clients: Annotated[int, Field(ge=1)] = 2
     target_clients: Annotated[int, Field(ge=1)] | None = None
     round_timeout_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 60.0
+    # The strategy's three parts, each by name (see fedge.strategies): the server step,
+    # the reducer of training rounds, the participation policy.
     strategy: str = "fedavg"
     strategy_options: dict[str, float] = Field(default_factory=dict)
+    reducer: str = "mean"
+    reducer_options: dict[str, float] = Field(default_factory=dict)
+    participation: str = "sync"
+    participation_options: dict[str, float] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
     model: ModelSpec = Field(default_factory=default_fleet_model)
     checkpoint_dir: Path = Path("fedge-checkpoints")
@@ -203,9 +210,28 @@ class AggregatorConfig(FedgeSettings):
     def _known_strategy(cls, value: str) -> str:
         from fedge.strategies import STRATEGIES  # local: strategies import torch-free numpy only
 
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; choose one of {sorted(STRATEGIES)}")
-        return value
+        return _known(value, STRATEGIES, "strategy")
+
+    @field_validator("reducer")
+    @classmethod
+    def _known_reducer(cls, value: str) -> str:
+        from fedge.strategies import REDUCERS
+
+        return _known(value, REDUCERS, "reducer")
+
+    @field_validator("participation")
+    @classmethod
+    def _known_participation(cls, value: str) -> str:
+        from fedge.strategies import PARTICIPATION
+
+        return _known(value, PARTICIPATION, "participation policy")
+
+
+def _known(value: str, registry: Mapping[str, object], what: str) -> str:
+    """``value`` if it names an entry of ``registry``, else a ValueError listing the names."""
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {sorted(registry)}")
+    return value
 
 
 class IngestConfig(FedgeSettings):

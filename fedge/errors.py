@@ -4,19 +4,25 @@ Everything fedge raises on purpose derives from :class:`FedgeError`. Errors from
 paho-mqtt, InfluxDB, SQLite and the operating system are translated at the
 boundary (``raise ... from exc``) so callers only ever catch fedge types.
 
+Rejections carry their reason as data: every :class:`ProtocolError` class has a
+``reason`` class attribute and every :class:`UpdateRejectedError` a ``reason``
+instance attribute, both a :class:`RejectReason`, so a receiver writes
+``except (ProtocolError, UpdateRejectedError) as exc: count(exc.reason)``.
+
 ::
 
     FedgeError
     ├── ConfigError                 bad config file / env / CLI values
     ├── ProtocolError               anything wrong with bytes or topics from the wire
-    │   ├── TopicError
-    │   ├── MessageError            a JSON message that fails its schema
-    │   └── FrameError              a binary model frame that cannot be decoded
-    │       ├── FrameTooLargeError      (also: a body that would decompress past the limit)
-    │       ├── NonFiniteTensorError
-    │       ├── CompressionError        a compressed body / update encoding that is invalid
-    │       └── ChunkError              a frame chunk that cannot be parsed or reassembled
-    ├── UpdateRejectedError         a well-formed update that must not be aggregated
+    │   ├── TopicError                  reason MALFORMED
+    │   ├── MessageError                reason MALFORMED (a JSON message that fails its schema)
+    │   └── FrameError                  reason MALFORMED (a binary frame that cannot be decoded)
+    │       ├── FrameTooLargeError      reason TOO_LARGE (also a body that would inflate past it)
+    │       ├── NonFiniteTensorError    reason NON_FINITE
+    │       ├── CompressionError        reason MALFORMED (invalid compressed body / encoding)
+    │       └── ChunkError              reason per instance (chunk_*: a chunk set that fails)
+    ├── UpdateRejectedError         a well-formed update that must not be aggregated;
+    │                               its reason is per instance
     ├── IngestRejectedError         a telemetry/status/... message that is not ingested
     ├── TransportError              broker connection / publish failures
     ├── StorageError                SQLite store, checkpoints, spool files
@@ -55,53 +61,8 @@ __all__ = [
 ]
 
 
-class FedgeError(Exception):
-    """Root of every error fedge raises on purpose."""
-
-
-class ConfigError(FedgeError):
-    """A configuration file, environment variable or option is invalid."""
-
-
-class ProtocolError(FedgeError):
-    """Bytes or a topic received from the network violate wire protocol v1."""
-
-
-class TopicError(ProtocolError):
-    """A topic string is not a valid fedge v1 topic, or a segment is invalid."""
-
-
-class MessageError(ProtocolError):
-    """A JSON message does not match its schema."""
-
-
-class FrameError(ProtocolError):
-    """A binary model frame is malformed (magic, version, header or body)."""
-
-
-class FrameTooLargeError(FrameError):
-    """A frame is larger than the configured limit; it was not parsed."""
-
-
-class NonFiniteTensorError(FrameError):
-    """A tensor in a frame contains NaN or infinity."""
-
-
-class CompressionError(FrameError):
-    """A zstd body or a compressed update encoding is malformed or inconsistent."""
-
-
-class ChunkError(FrameError):
-    """A frame chunk is malformed or does not fit its transfer; ``reason`` says how."""
-
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 class RejectReason(StrEnum):
-    """Why an otherwise decodable update was not aggregated (counted per reason)."""
+    """Why a message or update from the fleet was refused (counted per reason)."""
 
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"
@@ -132,8 +93,78 @@ class RejectReason(StrEnum):
     CHUNK_DIGEST = "chunk_digest"
 
 
+class FedgeError(Exception):
+    """Root of every error fedge raises on purpose."""
+
+
+class ConfigError(FedgeError):
+    """A configuration file, environment variable or option is invalid."""
+
+
+class ProtocolError(FedgeError):
+    """Bytes or a topic received from the network violate wire protocol v1.
+
+    ``reason`` is the :class:`RejectReason` a receiver counts the refused message under;
+    each subclass sets its own, so a receiver catches ``ProtocolError`` once and reads
+    the reason instead of mapping exception types to reasons itself.
+    """
+
+    reason: RejectReason = RejectReason.MALFORMED
+
+
+class TopicError(ProtocolError):
+    """A topic string is not a valid fedge v1 topic, or a segment is invalid."""
+
+    reason: RejectReason = RejectReason.MALFORMED
+
+
+class MessageError(ProtocolError):
+    """A JSON message does not match its schema."""
+
+    reason: RejectReason = RejectReason.MALFORMED
+
+
+class FrameError(ProtocolError):
+    """A binary model frame is malformed (magic, version, header or body)."""
+
+    reason: RejectReason = RejectReason.MALFORMED
+
+
+class FrameTooLargeError(FrameError):
+    """A frame is larger than the configured limit; it was not parsed."""
+
+    reason: RejectReason = RejectReason.TOO_LARGE
+
+
+class NonFiniteTensorError(FrameError):
+    """A tensor in a frame contains NaN or infinity."""
+
+    reason: RejectReason = RejectReason.NON_FINITE
+
+
+class CompressionError(FrameError):
+    """A zstd body or a compressed update encoding is malformed or inconsistent."""
+
+    reason: RejectReason = RejectReason.MALFORMED
+
+
+class ChunkError(FrameError):
+    """A frame chunk is malformed or does not fit its transfer; ``reason`` says how."""
+
+    reason: RejectReason = RejectReason.CHUNK_MALFORMED
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class UpdateRejectedError(FedgeError):
-    """A model update was refused by validation; ``reason`` says why."""
+    """A well-formed update was refused (validation, aggregation); ``reason`` says why.
+
+    Unlike :class:`ProtocolError`, whose reason is fixed per class, the reason here is
+    per instance: one check can refuse an update for several reasons.
+    """
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason.value}: {detail}")

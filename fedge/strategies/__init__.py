@@ -1,49 +1,83 @@
-"""Aggregation strategies, one per module, selectable by name."""
+"""Federated strategies, pure numpy: reducers, server steps, participation policies.
+
+A :class:`Strategy` is three parts, each chosen by name in the aggregator config and
+each implemented one per module:
+
+* a **reducer** (:mod:`fedge.strategies.reducers`, ``REDUCERS``): folds a round's
+  accepted updates into one aggregate — ``mean`` (streaming, O(model)); the
+  statistics round uses :class:`FeatureStatsReducer`; robust reducers derive from
+  :class:`BufferedReducer`;
+* a **server step** (:mod:`fedge.strategies.server_steps`, ``STRATEGIES``): turns the
+  aggregate into the next global weights — ``fedavg``, ``fedprox``, ``fedavgm``,
+  ``fedadam``, ``fedyogi``;
+* a **participation policy** (:mod:`fedge.strategies.participation`,
+  ``PARTICIPATION``): who is expected, which replies count, when a round closes and
+  whether it succeeded — ``sync``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
-from fedge.errors import ConfigError
-from fedge.strategies.base import Params, Strategy, StreamingMean, weighted_mean
-from fedge.strategies.fedadam import FedAdam
-from fedge.strategies.fedavg import FedAvg
-from fedge.strategies.fedavgm import FedAvgM
-from fedge.strategies.fedprox import FedProx
-from fedge.strategies.fedyogi import FedYogi
+from fedge.strategies.composite import Strategy, StrategySettings
+from fedge.strategies.params import Params
+from fedge.strategies.participation import (
+    PARTICIPATION,
+    ParticipationPolicy,
+    RoundPlan,
+    RoundView,
+    SyncParticipation,
+    make_participation,
+)
+from fedge.strategies.reducers import (
+    REDUCERS,
+    STATS_TENSORS,
+    BufferedReducer,
+    FeatureStatsReducer,
+    Reducer,
+    ReducerFactory,
+    StreamingMean,
+    make_reducer,
+    stats_template,
+    weighted_mean,
+)
+from fedge.strategies.server_steps import (
+    STRATEGIES,
+    AdaptiveServerOptimizer,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    FedYogi,
+    ServerStep,
+    make_strategy,
+)
 
 __all__ = [
+    "PARTICIPATION",
+    "REDUCERS",
+    "STATS_TENSORS",
     "STRATEGIES",
+    "AdaptiveServerOptimizer",
+    "BufferedReducer",
+    "FeatureStatsReducer",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
     "FedProx",
     "FedYogi",
     "Params",
+    "ParticipationPolicy",
+    "Reducer",
+    "ReducerFactory",
+    "RoundPlan",
+    "RoundView",
+    "ServerStep",
     "Strategy",
+    "StrategySettings",
     "StreamingMean",
+    "SyncParticipation",
+    "make_participation",
+    "make_reducer",
     "make_strategy",
+    "stats_template",
     "weighted_mean",
 ]
-
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    FedAvg.name: FedAvg,
-    FedProx.name: FedProx,
-    FedAvgM.name: FedAvgM,
-    FedAdam.name: FedAdam,
-    FedYogi.name: FedYogi,
-}
-
-
-def make_strategy(name: str, options: Mapping[str, float] | None = None) -> Strategy:
-    """Instantiate the strategy registered as ``name`` with keyword ``options``."""
-    try:
-        factory = STRATEGIES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}"
-        ) from None
-    try:
-        return factory(**dict(options or {}))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad options for strategy {name!r}: {exc}") from exc

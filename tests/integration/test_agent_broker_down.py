@@ -15,8 +15,8 @@ from fedge.data.simulator import SiteProfile
 from fedge.messages import TelemetryBatch, decode_message
 from fedge.topics import Topics
 from fedge.transport import InboundMessage
-from fedge_app.wiring import build_agent
 from fedge_app.servers import Mosquitto
+from fedge_app.wiring import build_agent
 from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.integration

@@ -6,13 +6,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedge.strategies.base import Params, Strategy
+from fedge.strategies.params import Params
+from fedge.strategies.server_steps.base import ServerStep
 
 __all__ = ["FedAvgM"]
 
 
-class FedAvgM(Strategy):
-    """``v = beta*v + (w - mean)``; ``w' = w - server_lr * v``.
+class FedAvgM(ServerStep):
+    """``v = beta*v + (w - aggregate)``; ``w' = w - server_lr * v``.
 
     With ``beta=0`` and ``server_lr=1`` this is exactly FedAvg.
     """
@@ -28,13 +29,13 @@ class FedAvgM(Strategy):
         self.momentum = float(momentum)
         self._velocity: dict[str, np.ndarray] = {}
 
-    def aggregate(
-        self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]
+    def step(
+        self, current: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray]
     ) -> Params:
         out: Params = {}
         for name, w in current.items():
             w64 = np.asarray(w, np.float64)
-            grad = w64 - np.asarray(client_mean[name], np.float64)
+            grad = w64 - np.asarray(aggregate[name], np.float64)
             v = self._velocity.get(name)
             v = grad if v is None else self.momentum * v + grad
             self._velocity[name] = v

@@ -1,9 +1,10 @@
 """Shared machinery of the adaptive server optimisers (Reddi et al. 2021, "FedOpt").
 
-The averaged client change ``delta = mean - w`` is treated as a (negative)
-gradient; first and second moments are kept per tensor; the update is
-``w' = w + eta * m / (sqrt(v) + tau)``. FedAdam and FedYogi differ only in how
-the second moment ``v`` is updated, which each subclass provides.
+The round's change ``delta = aggregate - w`` (for the ``mean`` reducer, the
+averaged client change) is treated as a (negative) gradient; first and second
+moments are kept per tensor; the update is ``w' = w + eta * m / (sqrt(v) + tau)``.
+FedAdam and FedYogi differ only in how the second moment ``v`` is updated, which
+each subclass provides.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedge.strategies.base import Params, Strategy
+from fedge.strategies.params import Params
+from fedge.strategies.server_steps.base import ServerStep
 
 __all__ = ["AdaptiveServerOptimizer"]
 
 
-class AdaptiveServerOptimizer(Strategy):
+class AdaptiveServerOptimizer(ServerStep):
     """Base for FedAdam / FedYogi: holds m and v, subclasses define ``second_moment``."""
 
     def __init__(
@@ -41,13 +43,13 @@ class AdaptiveServerOptimizer(Strategy):
     def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         """The new second-moment estimate from the old one and ``delta**2``."""
 
-    def aggregate(
-        self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]
+    def step(
+        self, current: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray]
     ) -> Params:
         out: Params = {}
         for name, w in current.items():
             w64 = np.asarray(w, np.float64)
-            delta = np.asarray(client_mean[name], np.float64) - w64
+            delta = np.asarray(aggregate[name], np.float64) - w64
             m = self._m.get(name, np.zeros_like(w64))
             m = self.beta_1 * m + (1 - self.beta_1) * delta
             # v starts at tau^2 as in the paper, so the first step is bounded by eta/tau * m.

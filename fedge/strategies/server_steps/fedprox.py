@@ -1,23 +1,19 @@
 """FedProx (Li et al. 2020): FedAvg on the server, a proximal term on the clients.
 
-The server side is plain averaging; what changes is that every round announcement
+The server side is the identity step; what changes is that every round announcement
 carries ``proximal_mu`` so local training minimises
 ``loss + mu/2 * ||w - w_global||^2``, which limits client drift on non-IID data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import numpy as np
-
-from fedge.strategies.base import Params, Strategy
+from fedge.strategies.server_steps.fedavg import FedAvg
 
 __all__ = ["FedProx"]
 
 
-class FedProx(Strategy):
-    """Example-weighted averaging; clients train with a proximal term of strength ``mu``."""
+class FedProx(FedAvg):
+    """The identity step; clients train with a proximal term of strength ``mu``."""
 
     name = "fedprox"
 
@@ -28,8 +24,3 @@ class FedProx(Strategy):
 
     def client_options(self) -> dict[str, float]:
         return {"proximal_mu": self.mu}
-
-    def aggregate(
-        self, current: Mapping[str, np.ndarray], client_mean: Mapping[str, np.ndarray]
-    ) -> Params:
-        return {k: np.asarray(v, np.float32).copy() for k, v in client_mean.items()}

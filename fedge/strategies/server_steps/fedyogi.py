@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedge.strategies.adaptive import AdaptiveServerOptimizer
+from fedge.strategies.server_steps.adaptive import AdaptiveServerOptimizer
 
 __all__ = ["FedYogi"]
 

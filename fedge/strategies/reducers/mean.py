@@ -1,0 +1,66 @@
+"""The weighted mean reducer (FedAvg's core), streaming, registered as ``mean``.
+
+Updates are folded into running float64 sums as they arrive, so the aggregator
+holds one accumulator the size of the model, never one copy per client (Flower's
+server-side FedAvg keeps every reply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from fedge.strategies.params import Params
+from fedge.strategies.reducers.base import Reducer
+
+__all__ = ["StreamingMean", "weighted_mean"]
+
+
+class StreamingMean(Reducer):
+    """Running weighted mean of named arrays, accumulated in float64.
+
+    Memory: one float64 array per template tensor (O(model)), whatever the number
+    of updates; while adding, float64 temporaries of one tensor at a time.
+    """
+
+    name = "mean"
+
+    def __init__(self, template: Mapping[str, np.ndarray]) -> None:
+        super().__init__()
+        self._sums = {name: np.zeros(a.shape, np.float64) for name, a in template.items()}
+
+    def _fold(self, update: Mapping[str, np.ndarray], weight: float) -> None:
+        if set(update) != set(self._sums):
+            raise ValueError("update tensors do not match the template")
+        # Check every shape before adding anything: a late failure must not leave
+        # the running sums half-updated.
+        for name, acc in self._sums.items():
+            if np.shape(update[name]) != acc.shape:
+                raise ValueError(f"{name}: shape {np.shape(update[name])} != {acc.shape}")
+        for name, acc in self._sums.items():
+            # Accumulate in place, one tensor at a time: no second model-sized buffer.
+            acc += np.asarray(update[name], np.float64) * weight
+
+    def result(self) -> Params:
+        """The weighted mean as float32 arrays. Raises ValueError when nothing was added."""
+        if self.count == 0:
+            raise ValueError("no updates were aggregated")
+        return {
+            name: (acc / self.total_weight).astype(np.float32) for name, acc in self._sums.items()
+        }
+
+    def mean(self) -> Params:
+        """Same as :meth:`result` (the name callers used before reducers were pluggable)."""
+        return self.result()
+
+
+def weighted_mean(updates: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> Params:
+    """Example-weighted mean of ``(tensors, num_examples)`` pairs (FedAvg's core)."""
+    items = list(updates)
+    if not items:
+        raise ValueError("no updates")
+    acc = StreamingMean(items[0][0])
+    for tensors, weight in items:
+        acc.add(tensors, weight)
+    return acc.result()
