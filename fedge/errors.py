@@ -11,9 +11,11 @@ boundary (``raise ... from exc``) so callers only ever catch fedge types.
     ├── ProtocolError               anything wrong with bytes or topics from the wire
     │   ├── TopicError
     │   ├── MessageError            a JSON message that fails its schema
-    │   └── FrameError              a binary model frame that cannot be decoded
-    │       ├── FrameTooLargeError
-    │       └── NonFiniteTensorError
+    │   ├── FrameError              a binary model frame that cannot be decoded
+    │   │   ├── FrameTooLargeError
+    │   │   └── NonFiniteTensorError
+    │   ├── SignatureError          unsigned, forged, replayed; ``reason`` says why
+    │   └── RefusedError            an announcement or model outside the agent's limits
     ├── UpdateRejectedError         a well-formed update that must not be aggregated
     ├── TransportError              broker connection / publish failures
     ├── StorageError                SQLite store, checkpoints, spool files
@@ -35,9 +37,12 @@ __all__ = [
     "MessageError",
     "NonFiniteTensorError",
     "ProtocolError",
+    "RefusalReason",
+    "RefusedError",
     "RejectReason",
     "SensorError",
     "SensorFault",
+    "SignatureError",
     "SinkError",
     "StorageError",
     "TopicError",
@@ -79,7 +84,7 @@ class NonFiniteTensorError(FrameError):
 
 
 class RejectReason(StrEnum):
-    """Why an otherwise decodable update was not aggregated (counted per reason)."""
+    """Why an update was not aggregated, or a frame or message failed authentication (counted)."""
 
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"
@@ -96,12 +101,63 @@ class RejectReason(StrEnum):
     BAD_EXAMPLES = "bad_examples"
     NORM_TOO_LARGE = "norm_too_large"
     TOPIC_MISMATCH = "topic_mismatch"
+    # Authentication (fedge.signing): why a frame or message failed verification.
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED = "unsigned"
+    WRONG_SIGNER = "wrong_signer"
+    STALE = "stale"
+    CLOCK_SKEW = "clock_skew"
 
 
 class UpdateRejectedError(FedgeError):
     """A model update was refused by validation; ``reason`` says why."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class SignatureError(ProtocolError):
+    """A frame or message failed authentication; ``reason`` says why.
+
+    Reasons: ``UNSIGNED``, ``MALFORMED`` (the signature carrier itself is broken),
+    ``TOO_LARGE``, ``UNKNOWN_DEVICE``, ``WRONG_SIGNER``, ``BAD_SIGNATURE``, ``REPLAY``
+    (a nonce seen before), ``STALE`` (older than the freshness window) and
+    ``CLOCK_SKEW`` (too far in the future).
+    """
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RefusalReason(StrEnum):
+    """Why an agent refused a round announcement or a global model (counted per reason)."""
+
+    # Round announcements.
+    TASK_NOT_ALLOWED = "task_not_allowed"
+    EXPIRED = "expired"
+    ISSUED_IN_FUTURE = "issued_in_future"
+    BAD_DEADLINE = "bad_deadline"
+    TOO_FEW_EXAMPLES = "too_few_examples"
+    # Global models.
+    MISSING_NORMALISATION = "missing_normalisation"
+    BAD_NORMALISATION = "bad_normalisation"
+    NON_FINITE = "non_finite"
+    STD_OUT_OF_RANGE = "std_out_of_range"
+    MEAN_OUT_OF_RANGE = "mean_out_of_range"
+    WEIGHT_OUT_OF_RANGE = "weight_out_of_range"
+    VERSION_ROLLBACK = "version_rollback"
+    VERSION_REPEAT = "version_repeat"
+    VERSION_JUMP = "version_jump"
+
+
+class RefusedError(ProtocolError):
+    """A decodable announcement or global model the agent will not act on; ``reason`` says why."""
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
