@@ -21,6 +21,8 @@ instance attribute, both a :class:`RejectReason`, so a receiver writes
     │       ├── NonFiniteTensorError    reason NON_FINITE
     │       ├── CompressionError        reason MALFORMED (invalid compressed body / encoding)
     │       └── ChunkError              reason per instance (chunk_*: a chunk set that fails)
+    │   └── SignatureError              reason per instance: unsigned, forged, replayed, stale
+    ├── RefusedError                an announcement or global model outside an agent's limits
     ├── UpdateRejectedError         a well-formed update that must not be aggregated;
     │                               its reason is per instance
     ├── IngestRejectedError         a telemetry/status/... message that is not ingested
@@ -50,9 +52,12 @@ __all__ = [
     "MessageError",
     "NonFiniteTensorError",
     "ProtocolError",
+    "RefusalReason",
+    "RefusedError",
     "RejectReason",
     "SensorError",
     "SensorFault",
+    "SignatureError",
     "SinkError",
     "StorageError",
     "TopicError",
@@ -91,6 +96,12 @@ class RejectReason(StrEnum):
     CHUNK_CAPACITY = "chunk_capacity"
     CHUNK_INCOMPLETE = "chunk_incomplete"
     CHUNK_DIGEST = "chunk_digest"
+    # Authentication (fedge.signing): why a frame or message failed verification.
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED = "unsigned"
+    WRONG_SIGNER = "wrong_signer"
+    STALE = "stale"
+    CLOCK_SKEW = "clock_skew"
 
 
 class FedgeError(Exception):
@@ -197,6 +208,53 @@ class IngestRejectedError(FedgeError):
     """A message was refused by the ingest rules; ``reason`` says why, ``detail`` for logs."""
 
     def __init__(self, reason: IngestReject, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class SignatureError(ProtocolError):
+    """A frame or message failed authentication; ``reason`` says why.
+
+    Reasons: ``UNSIGNED``, ``MALFORMED`` (the signature carrier itself is broken),
+    ``TOO_LARGE``, ``UNKNOWN_DEVICE``, ``WRONG_SIGNER``, ``BAD_SIGNATURE``, ``REPLAY``
+    (a nonce seen before), ``STALE`` (older than the freshness window) and
+    ``CLOCK_SKEW`` (too far in the future).
+    """
+
+    reason: RejectReason = RejectReason.BAD_SIGNATURE
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RefusalReason(StrEnum):
+    """Why an agent refused a round announcement or a global model (counted per reason)."""
+
+    # Round announcements.
+    TASK_NOT_ALLOWED = "task_not_allowed"
+    EXPIRED = "expired"
+    ISSUED_IN_FUTURE = "issued_in_future"
+    BAD_DEADLINE = "bad_deadline"
+    TOO_FEW_EXAMPLES = "too_few_examples"
+    # Global models.
+    MISSING_NORMALISATION = "missing_normalisation"
+    BAD_NORMALISATION = "bad_normalisation"
+    NON_FINITE = "non_finite"
+    STD_OUT_OF_RANGE = "std_out_of_range"
+    MEAN_OUT_OF_RANGE = "mean_out_of_range"
+    WEIGHT_OUT_OF_RANGE = "weight_out_of_range"
+    VERSION_ROLLBACK = "version_rollback"
+    VERSION_REPEAT = "version_repeat"
+    VERSION_JUMP = "version_jump"
+
+
+class RefusedError(FedgeError):
+    """A decodable announcement or global model the agent will not act on; ``reason`` says why."""
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -41,8 +41,9 @@ def test_every_protocol_error_class_in_the_tree_has_a_reason() -> None:
         obj for name in errors.__all__
         if isinstance(obj := getattr(errors, name), type) and issubclass(obj, ProtocolError)
     ]
-    # Topic, Message, Frame, FrameTooLarge, NonFiniteTensor, Compression, Chunk + the root.
-    assert len(classes) == 8
+    # Topic, Message, Frame, FrameTooLarge, NonFiniteTensor, Compression, Chunk, Signature
+    # + the root.
+    assert len(classes) == 9
     for cls in classes:
         assert "reason" in vars(cls), f"{cls.__name__} inherits its reason implicitly"
 
