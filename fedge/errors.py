@@ -19,7 +19,8 @@ boundary (``raise ... from exc``) so callers only ever catch fedge types.
     ├── StorageError                SQLite store, checkpoints, spool files
     ├── SinkError                   time-series database writes
     └── DataError                   datasets and sensor sources
-        └── SensorError             a sensor snapshot refused; ``fault`` says why
+        ├── SensorError             a sensor snapshot refused; ``fault`` says why
+        └── EventError              maintenance events that contradict each other or a life
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from enum import StrEnum
 __all__ = [
     "ConfigError",
     "DataError",
+    "EventError",
     "FedgeError",
     "FrameError",
     "FrameTooLargeError",
@@ -153,3 +155,7 @@ class SensorError(DataError):
     def dead_sensor(self) -> bool:
         """True when the snapshot points at a broken sensor (NaN/Inf or a flat line)."""
         return self.fault in (SensorFault.NON_FINITE, SensorFault.FLAT_LINE)
+
+
+class EventError(DataError):
+    """Maintenance events contradict each other, or a life cannot be labelled as asked."""
