@@ -6,11 +6,12 @@ it from the first part of the current life and scores how far the present is fro
 it:
 
 1. **Baseline.** The first ``baseline_readings`` readings (or ``baseline_hours``)
-   of the life give, per feature, the median and a robust scale: the larger of
-   ``1.4826·MAD`` and ``1.2533·mean|x - median|`` (both equal the standard
-   deviation for Gaussian noise; the second one still sees a quantised channel
-   whose MAD is 0), floored at ``scale_floor·|median|`` (and 1e-9) so that a
-   channel that was constant in the baseline gives large but finite z-scores.
+   of the life give, per feature, the median and a robust scale ``1.4826·MAD``
+   (the standard deviation for Gaussian noise, unmoved by a few outliers); where
+   the MAD is 0 (a quantised channel that mostly sits on one value) the mean
+   absolute deviation ``1.2533·mean|x - median|`` instead; either is floored at
+   ``scale_floor·|median|`` (and 1e-9) so that a channel that was constant in
+   the baseline gives large but finite z-scores.
 2. **Robust z-scores** ``z = (x - median) / scale``, clipped at ``±z_clip`` so one
    broken channel cannot decide the score alone, **smoothed per feature** with an
    EWMA (``smoothing`` is its weight on the new reading). Smoothing before
@@ -368,9 +369,10 @@ class HealthMonitor:
     ) -> npt.NDArray[np.float64]:
         """Scale of deviations ``dev`` (rows, k) from a centre at ``level`` (k,), floored."""
         a = np.abs(dev)
-        spread = np.maximum(
-            _MAD_TO_STD * np.median(a, axis=0), _MEAN_AD_TO_STD * np.mean(a, axis=0)
-        )
+        mad = _MAD_TO_STD * np.median(a, axis=0)
+        # A quantised channel can have MAD 0 and still vary: fall back to the mean
+        # absolute deviation there only (it is not robust to outliers, MAD is).
+        spread = np.where(mad > 0, mad, _MEAN_AD_TO_STD * np.mean(a, axis=0))
         floor = np.maximum(self.config.scale_floor * np.abs(level), _ABS_FLOOR)
         out: npt.NDArray[np.float64] = np.maximum(spread, floor)
         return out
@@ -403,7 +405,11 @@ class HealthMonitor:
                 gram = xc.T @ xc + 1e-3 * max(int(m.sum()), 1) * np.eye(cond.size)
                 self._slopes[j] = np.linalg.solve(gram, xc.T @ (y - y.mean()))
                 y = y - x @ self._slopes[j]
-            mid = float(np.median(y))
+                # The least-squares intercept: a median of residuals pooled over several
+                # operating points is pulled towards the most frequent one.
+                mid = float(np.mean(y))
+            else:
+                mid = float(np.median(y))
             self._median[j] = mid
             self._scale[j] = self._robust_scale(
                 (y - mid)[:, None], np.array([np.median(rows[m, j])])
