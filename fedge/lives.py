@@ -199,9 +199,7 @@ def _dedupe(events: Sequence[MaintenanceEvent]) -> list[MaintenanceEvent]:
     return sorted(by_id.values(), key=lambda e: (e.ts, _KIND_ORDER[e.kind], e.event_id))
 
 
-def split_lives(
-    reading_ts: npt.ArrayLike, events: Sequence[MaintenanceEvent]
-) -> list[Life]:
+def split_lives(reading_ts: npt.ArrayLike, events: Sequence[MaintenanceEvent]) -> list[Life]:
     """Cut one machine's readings into lives at its maintenance events.
 
     ``reading_ts`` are unix seconds in non-decreasing order; ``events`` come in

@@ -51,7 +51,9 @@ def test_alert_cleared_before_the_zone_does_not_warn() -> None:
 
 
 def test_alert_after_failure_and_never_warned() -> None:
-    score = score_alerts([ObservedLife(0, 100, 100), ObservedLife(0, 300, 300)], [[], [(301.0, None)]])
+    score = score_alerts(
+        [ObservedLife(0, 100, 100), ObservedLife(0, 300, 300)], [[], [(301.0, None)]]
+    )
     assert score.leads == (None, None) and score.median_lead is None and score.alerted_share == 0.0
 
 

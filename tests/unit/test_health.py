@@ -17,7 +17,9 @@ SCALES = np.array([0.4, 0.08, 0.03])
 LEVELS = np.array([55.0, 2.0, 3.0])
 
 
-def stream(n: int, *, seed: int = 0, change_at: int | None = None, shift: tuple[float, ...] = (3, 2, 0)) -> np.ndarray:
+def stream(
+    n: int, *, seed: int = 0, change_at: int | None = None, shift: tuple[float, ...] = (3, 2, 0)
+) -> np.ndarray:
     """Gaussian readings; from ``change_at`` on, each feature shifts by ``shift`` σ."""
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, len(NAMES)))
@@ -109,10 +111,16 @@ def test_alert_clears_with_hysteresis() -> None:
         persistence_n=3,
     )
     monitor = HealthMonitor(config, ("a",))
-    feed_all(monitor, np.array([[v] for v in (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0, 0.0)]))
+    feed_all(
+        monitor, np.array([[v] for v in (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0, 0.0)])
+    )
     # Scale: |dev| 1 0 1 1 0 1 1 0 1 0 -> MAD 1 -> 1.4826.
     s = 1.4826
-    updates = feed_all(monitor, np.array([[3.0 * s], [1.5 * s], [1.5 * s], [0.5 * s], [0.5 * s], [0.5 * s]]), start=10)
+    updates = feed_all(
+        monitor,
+        np.array([[3.0 * s], [1.5 * s], [1.5 * s], [0.5 * s], [0.5 * s], [0.5 * s]]),
+        start=10,
+    )
     assert [u.newly_raised for u in updates] == [True, False, False, False, False, False]
     # Between the thresholds the alert holds; three readings below 1.0 clear it.
     assert [u.alert for u in updates] == [True, True, True, True, True, False]
@@ -147,10 +155,10 @@ def test_channel_dead_during_the_baseline_is_never_scored() -> None:
     rows[:, 1] = np.nan
     feed_all(monitor, rows)
     twin = HealthMonitor.from_state(monitor.state())
-    update = monitor.feed(T0 + 10, LEVELS + [0.0, 100.0, 0.0])
+    update = monitor.feed(T0 + 10, LEVELS + np.array([0.0, 100.0, 0.0]))
     assert update.dead == ("vibration_rms",)
     # Whatever vibration_rms reads, it does not move the score.
-    assert update.score == twin.feed(T0 + 10, LEVELS + [0.0, np.nan, 0.0]).score
+    assert update.score == twin.feed(T0 + 10, LEVELS + np.array([0.0, np.nan, 0.0])).score
 
 
 def test_hours_baseline() -> None:
@@ -198,7 +206,9 @@ def test_state_round_trip_gives_identical_updates() -> None:
         original = HealthMonitor(config, NAMES)
         feed_all(original, rows[:cut])
         restored = HealthMonitor.from_state(original.state())
-        assert feed_all(restored, rows[cut:], start=cut) == feed_all(original, rows[cut:], start=cut)
+        assert feed_all(restored, rows[cut:], start=cut) == feed_all(
+            original, rows[cut:], start=cut
+        )
 
 
 def test_malformed_state_is_a_data_error() -> None:

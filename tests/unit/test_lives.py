@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedge.errors import DataError, EventError
+from fedge.errors import DataError, EventError, MessageError
 from fedge.lives import (
     EventKind,
     MaintenanceEvent,
@@ -19,12 +20,14 @@ from fedge.lives import (
     rul_labels,
     split_lives,
 )
-from fedge.messages import MessageError, decode_message, encode_message
+from fedge.messages import decode_message, encode_message
 
 T0 = 1_700_000_000.0
 
 
-def ev(kind: EventKind, ts: float, *, device: str = "pump-1", n: int | None = None) -> MaintenanceEvent:
+def ev(
+    kind: EventKind, ts: float, *, device: str = "pump-1", n: int | None = None
+) -> MaintenanceEvent:
     # Deterministic uuid4-shaped ids keep the tie-break order of the tests readable.
     event_id = uuid.UUID(int=n or int(ts * 10), version=4).hex
     return MaintenanceEvent(
@@ -48,7 +51,10 @@ def test_nothing_gives_no_lives() -> None:
 
 def test_failure_closes_a_life_and_the_reading_at_its_time_belongs_to_it() -> None:
     lives = split_lives(times(0, 1, 2, 3, 4), [ev("failure", 2)])
-    assert [(lf.first, lf.n_readings, lf.end_kind) for lf in lives] == [(0, 3, "failure"), (3, 2, None)]
+    assert [(lf.first, lf.n_readings, lf.end_kind) for lf in lives] == [
+        (0, 3, "failure"),
+        (3, 2, None),
+    ]
     assert lives[0].end_ts == T0 + 2 and lives[1].start_ts == T0 + 2
     assert lives[1].opened_by == ev("failure", 2).event_id
 
@@ -59,7 +65,12 @@ def test_events_out_of_order_and_repeated_give_the_same_lives() -> None:
     a = split_lives(ts, events)
     b = split_lives(ts, list(reversed(events)))
     assert a == b
-    assert [(lf.n_readings, lf.end_kind) for lf in a] == [(3, "failure"), (3, "repair"), (3, "replace"), (2, None)]
+    assert [(lf.n_readings, lf.end_kind) for lf in a] == [
+        (3, "failure"),
+        (3, "repair"),
+        (3, "replace"),
+        (2, None),
+    ]
 
 
 def test_same_event_id_with_different_contents_is_refused() -> None:
@@ -95,7 +106,11 @@ def test_two_failures_in_a_row_are_one_failure_reported_twice() -> None:
 
 def test_two_failures_with_readings_between_are_two_failed_lives() -> None:
     lives = split_lives(times(0, 1, 2, 3), [ev("failure", 1), ev("failure", 3)])
-    assert [(lf.n_readings, lf.end_kind) for lf in lives] == [(2, "failure"), (2, "failure"), (0, None)]
+    assert [(lf.n_readings, lf.end_kind) for lf in lives] == [
+        (2, "failure"),
+        (2, "failure"),
+        (0, None),
+    ]
 
 
 def test_repair_then_failure_with_nothing_between_is_censored() -> None:
@@ -130,12 +145,21 @@ def test_rul_labels_in_cycles_count_to_the_last_cycle_and_are_capped() -> None:
     life = split_lives(times(0, 1, 2, 3, 4), [ev("failure", 4)])[0]
     cycles = np.array([10, 11, 12, 13, 14])
     np.testing.assert_array_equal(rul_labels(life, cycles, unit="cycles"), [4, 3, 2, 1, 0])
-    np.testing.assert_array_equal(rul_labels(life, cycles, unit="cycles", cap=2.5), [2.5, 2.5, 2, 1, 0])
+    np.testing.assert_array_equal(
+        rul_labels(life, cycles, unit="cycles", cap=2.5), [2.5, 2.5, 2, 1, 0]
+    )
 
 
 def test_rul_labels_in_hours_count_to_the_failure_event() -> None:
     ts = T0 + np.array([0.0, 3600.0, 5400.0])
-    life = split_lives(ts, [MaintenanceEvent.new(fleet="f", device="d", kind="failure", ts=T0 + 7200.0, source="operator")])[0]
+    life = split_lives(
+        ts,
+        [
+            MaintenanceEvent.new(
+                fleet="f", device="d", kind="failure", ts=T0 + 7200.0, source="operator"
+            )
+        ],
+    )[0]
     np.testing.assert_allclose(rul_labels(life, ts, unit="hours"), [2.0, 1.0, 0.5])
 
 
@@ -219,7 +243,7 @@ def test_split_lives_invariants(history: tuple[np.ndarray, list[MaintenanceEvent
     # Lives are in order, contiguous in the reading array, not overlapping in time.
     assert [lf.index for lf in lives] == list(range(len(lives)))
     assert sum(lf.n_readings for lf in lives) == ts.shape[0]
-    for a, b in zip(lives, lives[1:], strict=False):
+    for a, b in itertools.pairwise(lives):
         assert a.end_ts is not None and b.start_ts >= a.end_ts
         assert b.first == a.first + a.n_readings
     # Only the last life runs, only the running life may be empty.
