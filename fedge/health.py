@@ -52,8 +52,15 @@ clock, file or socket: it is fed ``(ts, values)`` and returns a
 (:meth:`HealthMonitor.state` / :meth:`HealthMonitor.from_state`) that an agent
 can persist. A new life (after a repair or a replacement) gets a new monitor.
 
-Defaults were measured with ``benchmarks/alerts.py`` on the simulator and on
-C-MAPSS FD001 (see that file and ``benchmarks/results/alerts.json``).
+Defaults were measured with ``benchmarks/alerts.py`` (alert >= 20 cycles before
+failure; false alarms per 1,000 cycles with RUL > 125): on C-MAPSS FD001 they
+alert 100/100 engines, median lead 68 cycles, 0.58 false alarms per 1,000 healthy
+cycles. On the simulator (three loads, ``shaft_speed`` as condition feature) the
+same defaults alert only 49% (lead 28, no false alarm); its best setting within
+2 false alarms, ``threshold=0.8, persistence 8/10``, alerts 80% (lead 59, 1.4):
+fewer of its sensors move per fault, and readings at loads the baseline never saw
+go unscored. Without the condition feature it alerts 90% but with 12.9 false
+alarms per 1,000 healthy cycles.
 """
 
 from __future__ import annotations
