@@ -32,6 +32,8 @@ instance attribute, both a :class:`RejectReason`, so a receiver writes
     └── DataError                   datasets and sensor sources
         ├── FeatureSchemaError      a device lacks the fleet model's features
         └── SensorError             a sensor snapshot refused; ``fault`` says why
+        ├── SensorError             a sensor snapshot refused; ``fault`` says why
+        └── EventError              maintenance events that contradict each other or a life
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "CompressionError",
     "ConfigError",
     "DataError",
+    "EventError",
     "FeatureSchemaError",
     "FedgeError",
     "FrameError",
@@ -322,3 +325,7 @@ class FeatureSchemaError(DataError):
         self.reason = reason
         self.detail = detail
         self.features = features
+
+
+class EventError(DataError):
+    """Maintenance events contradict each other, or a life cannot be labelled as asked."""
