@@ -32,6 +32,7 @@ from fedge.features import (
 __all__ = [
     "MAX_EPOCH_S",
     "InputError",
+    "LatestValues",
     "LimitedLog",
     "SnapshotFeatures",
     "VibrationChannel",
@@ -221,3 +222,41 @@ class LimitedLog:
                 return
             self._sent += 1
         self._log.warning(message, *args)
+
+
+class LatestValues:
+    """The newest value per channel, for sources fed by change notifications (mqtt, opcua).
+
+    :meth:`take` makes one reading from whatever arrived since the previous call
+    (``None`` if nothing did); a channel whose value is older than ``max_age_s`` (or
+    never came) reads NaN. The reading's ``ts`` is the newest update's timestamp.
+    Thread-safe: updates come from the network thread, ``take`` from the agent.
+    """
+
+    def __init__(self, n_channels: int, *, max_age_s: float | None) -> None:
+        self._values = np.full(n_channels, np.nan)
+        self._updated_at = np.full(n_channels, -np.inf)  # time.monotonic() of each update
+        self._max_age = max_age_s
+        self._newest_ts: float | None = None
+        self._fresh = False
+        self._lock = threading.Lock()
+
+    def set(self, index: int, value: float, *, ts: float) -> None:
+        """Channel ``index`` now reads ``value`` (measured at unix time ``ts``)."""
+        with self._lock:
+            self._values[index] = value
+            self._updated_at[index] = time.monotonic()
+            self._newest_ts = ts if self._newest_ts is None else max(ts, self._newest_ts)
+            self._fresh = True
+
+    def take(self) -> tuple[np.ndarray, float] | None:
+        """``(values, ts)`` if anything arrived since the last call, else None."""
+        with self._lock:
+            if not self._fresh:
+                return None
+            self._fresh = False
+            values = self._values.copy()
+            ts = self._newest_ts if self._newest_ts is not None else time.time()
+            if self._max_age is not None:
+                values[time.monotonic() - self._updated_at > self._max_age] = np.nan
+            return values, ts
