@@ -2,7 +2,8 @@
 
 The first line of the file is the header. Each later line is one reading (records
 spanning lines are not supported). ``columns`` picks the channels (default: every
-column whose values are numbers, except ``time_column`` and snapshot columns);
+column whose values in the first 20 rows are mostly numbers, except ``time_column``
+and snapshot columns);
 ``time_column`` holds epoch seconds or ISO 8601 times.
 
 * **Replay** (default): ``speed = 1.0`` plays the rows in real time from the time
@@ -129,12 +130,16 @@ def _infer_columns(opts: CsvOptions) -> tuple[str, ...]:
             "list `columns`"
         )
 
-    def numeric(i: int) -> bool:
-        cells = [r[i] for r in rows if r[i]]
+    def is_number(cell: str) -> bool:
         try:
-            return bool(cells) and all(not math.isnan(parse_number(c)) for c in cells)
+            return not math.isnan(parse_number(cell))
         except InputError:
             return False
+
+    def numeric(i: int) -> bool:
+        # Most cells numbers: a numeric column (a stray bad cell is a bad row later).
+        cells = [r[i] for r in rows if r[i]]
+        return sum(map(is_number, cells)) * 2 > len(cells)
 
     names = tuple(h for i, h in enumerate(header) if h not in special and numeric(i))
     if not names:

@@ -85,9 +85,11 @@ def parse_timestamp(value: object, *, naive_tz: tzinfo) -> float:
     if not text:
         raise InputError("empty timestamp")
     try:
-        return _epoch(float(text))
+        number = float(text)
     except ValueError:
         pass  # not a number: try ISO 8601
+    else:
+        return _epoch(number)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:

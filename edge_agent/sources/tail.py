@@ -12,8 +12,8 @@ so a caller can name the exact line of a bad record. In follow mode (``tail -F``
 
 Without follow, the file is read to its end once (:meth:`rewind` starts over).
 Lines longer than ``max_line_bytes`` are dropped (reported as ``None``), so a runaway
-writer cannot exhaust memory. Reads are at most ``chunk_bytes`` per call; nothing
-here blocks.
+writer cannot exhaust memory. One call reads at most 64 chunks of ``chunk_bytes``;
+nothing here blocks (regular files never do).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import BinaryIO
 
 __all__ = ["LineTail"]
 
+# Bounds one call's work when a huge (overlong) line is being skipped.
+_MAX_CHUNKS_PER_CALL = 64
 # How often, at end of file, to stat() the path for rotation or truncation.
 _STAT_INTERVAL_S = 0.1
 
@@ -56,7 +58,7 @@ class LineTail:
         self._skip_to = 0  # byte offset: complete lines ending before it are not emitted
         self._offset = 0  # byte offset of the start of self._buf
         self._last_stat = -1.0
-        self._opened_once = False
+        self._opened_once = False  # any open attempt made: later files are read whole
         self.eof = False  # without follow: the whole file has been handed out
         self.files_opened = 0
 
@@ -65,13 +67,15 @@ class LineTail:
         try:
             fh = self.path.open("rb")
         except FileNotFoundError:
+            self._opened_once = True  # when it appears, everything in it is new
             return False
         st = os.fstat(fh.fileno())
         self._fh = fh
         self._ident = (st.st_dev, st.st_ino)
         self._reset_position()
         # Following a log that already exists: only lines written from now on count,
-        # except the header (line 1), which the caller needs to map columns.
+        # except the header (line 1), which the caller needs to map columns. A file
+        # that appears (or replaces this one) later is new: read from its start.
         if self.follow and not self._from_start and not self._opened_once:
             self._skip_to = st.st_size
         self._opened_once = True
@@ -92,6 +96,12 @@ class LineTail:
         if self._fh is not None:
             self._fh.close()
         self._fh = None
+
+    def __enter__(self) -> LineTail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def rewind(self) -> None:
         """Start again from line 1 of the current file (replay loop)."""
@@ -158,33 +168,41 @@ class LineTail:
         if self._fh is None and not self._open():
             return None
         assert self._fh is not None  # noqa: S101 - _open() set it
-        data = self._fh.read(self._chunk)
-        if data:
+        for _ in range(_MAX_CHUNKS_PER_CALL):
+            data = self._fh.read(self._chunk)
+            if not data:
+                if not self.follow:
+                    self._flush_partial()
+                    self.eof = True
+                elif self._check_rotation() and not self._lines:
+                    continue  # a new or truncated file: read its start now
+                break
             self._feed(data)
-        elif not self.follow:
-            self._flush_partial()
-            self.eof = True
-        else:
-            self._check_rotation()
+            if self._lines:
+                break
         return self._lines.popleft() if self._lines else None
 
-    def _check_rotation(self) -> None:
+    def _check_rotation(self) -> bool:
+        """Reopen or restart the file if it was rotated or truncated; True if so."""
         now = time.monotonic()
         if now - self._last_stat < _STAT_INTERVAL_S:
-            return
+            return False
         self._last_stat = now
         assert self._fh is not None  # noqa: S101 - only called with an open file
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return  # moved away, its replacement not created yet: keep the old handle
+            return False  # moved away, its replacement not created yet: keep the old handle
         if (st.st_dev, st.st_ino) != self._ident:
             # Rotated. We are at the old file's end, so its last line is complete.
             self._flush_partial()
             pending = list(self._lines)
             self.close()
-            if self._open():
-                self._lines.extendleft(reversed(pending))
-        elif st.st_size < self._fh.tell():
+            opened = self._open()
+            self._lines.extendleft(reversed(pending))
+            return opened
+        if st.st_size < self._fh.tell():
             self._fh.seek(0)  # truncated in place
             self._reset_position()
+            return True
+        return False
