@@ -200,9 +200,7 @@ class SnapshotFeatures:
 class LimitedLog:
     """Logs at most ``burst`` messages per ``period_s``, then says how many it dropped."""
 
-    def __init__(
-        self, logger: logging.Logger, *, burst: int = 20, period_s: float = 60.0
-    ) -> None:
+    def __init__(self, logger: logging.Logger, *, burst: int = 20, period_s: float = 60.0) -> None:
         self._log = logger
         self._burst = burst
         self._period = period_s

@@ -52,8 +52,7 @@ def _load(ep: EntryPoint) -> type[BaseSource]:
         obj = ep.load()
     except Exception as exc:  # any import-time failure of a plugin is a config problem
         raise ConfigError(
-            f"source plugin {ep.name!r} ({ep.value}) failed to import: "
-            f"{type(exc).__name__}: {exc}"
+            f"source plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
         ) from exc
     if not (isinstance(obj, type) and issubclass(obj, BaseSource)):
         raise ConfigError(f"source plugin {ep.name!r} ({ep.value}) is not a BaseSource subclass")

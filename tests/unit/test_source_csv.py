@@ -71,8 +71,11 @@ def test_replay_skips_bad_rows_and_names_their_lines(
     health = src.health()
     assert (health.state, health.readings, health.bad_rows) == ("exhausted", 3, 3)
     assert health.last_reading_ts == 1714564804.0
-    for line, reason in [(3, "'abc' is not a number"), (4, "2 fields, the header has 4"),
-                         (5, "neither epoch seconds nor ISO 8601")]:
+    for line, reason in [
+        (3, "'abc' is not a number"),
+        (4, "2 fields, the header has 4"),
+        (5, "neither epoch seconds nor ISO 8601"),
+    ]:
         assert f"pump.csv:{line}: " in caplog.text
         assert reason in caplog.text
     assert "pump.csv:7" not in caplog.text
@@ -128,7 +131,11 @@ def test_snapshot_column_becomes_vibration_features(
         vibration=[{"column": "accel", "prefix": "bearing"}],
     )
     assert src.sensor_names == (
-        "temp", "bearing_rms", "bearing_peak", "bearing_crest", "bearing_kurtosis",
+        "temp",
+        "bearing_rms",
+        "bearing_peak",
+        "bearing_crest",
+        "bearing_kurtosis",
     )
     good, dead, empty = _all(src)
     np.testing.assert_allclose(good.values, [40.0, 2.0, 2.0, 1.0, 1.0])

@@ -235,4 +235,3 @@ def test_tail_gives_the_same_lines_however_the_writes_are_split(
             got += _drain(tail)
     expected = [(i + 1, line.removesuffix(b"\r")) for i, line in enumerate(lines)]
     assert got == expected
-
