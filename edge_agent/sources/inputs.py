@@ -240,6 +240,7 @@ class LatestValues:
         self._newest_ts: float | None = None
         self._fresh = False
         self._lock = threading.Lock()
+        self.updates = 0  # channel values received, for benchmarks and diagnostics
 
     def set(self, index: int, value: float, *, ts: float) -> None:
         """Channel ``index`` now reads ``value`` (measured at unix time ``ts``)."""
@@ -248,6 +249,7 @@ class LatestValues:
             self._updated_at[index] = time.monotonic()
             self._newest_ts = ts if self._newest_ts is None else max(ts, self._newest_ts)
             self._fresh = True
+            self.updates += 1
 
     def take(self) -> tuple[np.ndarray, float] | None:
         """``(values, ts)`` if anything arrived since the last call, else None."""

@@ -135,6 +135,11 @@ class MqttSource(BaseSource):
     def sensor_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.options.channels)
 
+    @property
+    def updates(self) -> int:
+        """Channel values received so far (several may go into one reading)."""
+        return self._latest.updates
+
     def start(self) -> None:
         if not self._worker.stop_event.is_set():
             self._worker.start(self._supervise)

@@ -150,6 +150,11 @@ class OpcuaSource(BaseSource):
     def sensor_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.options.nodes)
 
+    @property
+    def updates(self) -> int:
+        """Channel values received so far (several may go into one reading)."""
+        return self._latest.updates
+
     def start(self) -> None:
         if not self._worker.stop_event.is_set():
             self._worker.start(lambda: asyncio.run(self._main()))
