@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 Key = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Arg = Annotated[str, StringConstraints(min_length=1)]
 
+# SIGTERM, then SIGKILL after this long; reaping a killed process takes a moment.
 _KILL_AFTER_S = 1.0
+_REAP_S = 0.5
 
 
 class CommandOptions(ReconnectOptions):
@@ -120,9 +122,10 @@ class CommandSource(BaseSource):
         self._worker.start(self._supervise)
 
     def close(self) -> None:
+        started = time.monotonic()
         self._worker.stop_event.set()
         self._terminate()
-        self._worker.stop(timeout=2.0)
+        self._worker.stop(timeout=max(0.1, 2.0 - (time.monotonic() - started)))
         self._health.set_state("down")
 
     def _terminate(self) -> None:
@@ -141,7 +144,7 @@ class CommandSource(BaseSource):
             log.warning("%s did not exit on SIGTERM; killing it", self.options.argv[0])
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=_KILL_AFTER_S)
+                proc.wait(timeout=_REAP_S)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
 

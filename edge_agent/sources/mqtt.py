@@ -86,7 +86,8 @@ class MqttOptions(ReconnectOptions):
     channels: Annotated[tuple[MqttChannel, ...], Field(min_length=1)]
     max_age_s: Annotated[float, Field(gt=0.0)] | None = 60.0
     max_payload_bytes: Annotated[int, Field(ge=16, le=64 << 20)] = 1 << 20
-    connect_timeout_s: Annotated[float, Field(gt=0.0, le=30.0)] = 1.0
+    # Bounded so a connect to a dead host cannot hold close() past its 2 s budget.
+    connect_timeout_s: Annotated[float, Field(gt=0.0, le=1.5)] = 1.0
 
     @model_validator(mode="after")
     def _check(self) -> Self:

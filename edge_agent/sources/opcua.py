@@ -53,8 +53,11 @@ _DENIED = (
     | ua.uaerrors.BadCertificateUntrusted
     | ua.uaerrors.BadSecurityPolicyRejected
 )
-# How often the loop thread looks at the stop flag set by close().
+# How often the loop thread looks at the stop flag set by close(), and how long a
+# session may take to end politely before it is cancelled (close() has 2 s in all).
 _STOP_POLL_S = 0.05
+_GRACE_S = 0.7
+_DISCONNECT_TIMEOUT_S = 0.5
 
 
 class OpcuaNode(SourceOptions):
@@ -174,16 +177,9 @@ class OpcuaSource(BaseSource):
     # The loop thread ----------------------------------------------------------------
     async def _main(self) -> None:
         stop = asyncio.Event()
-
-        async def watch_stop() -> None:
-            while not self._worker.stop_event.is_set():
-                await asyncio.sleep(_STOP_POLL_S)
-            stop.set()
-
-        watcher = asyncio.create_task(watch_stop())
         o = self.options
-        try:
-            await supervise_async(
+        task = asyncio.create_task(
+            supervise_async(
                 lambda: self._session(stop),
                 stop=stop,
                 on_failure=self._on_failure,
@@ -191,10 +187,17 @@ class OpcuaSource(BaseSource):
                 max_s=o.reconnect_max_s,
                 healthy_after_s=o.healthy_after_s,
             )
-        finally:
-            watcher.cancel()
+        )
+        while not self._worker.stop_event.is_set() and not task.done():
+            await asyncio.wait({task}, timeout=_STOP_POLL_S)
+        stop.set()
+        # Give the session a moment to unsubscribe and close its session politely,
+        # then cancel it (a connect to a dead host would otherwise hold close()).
+        done, _ = await asyncio.wait({task}, timeout=_GRACE_S)
+        if not done:
+            task.cancel()
             with suppress(asyncio.CancelledError):
-                await watcher
+                await task
 
     def _on_failure(self, exc: BaseException, delay_s: float) -> None:
         # Retrying cannot fix refused credentials or a missing certificate file, but
@@ -237,7 +240,7 @@ class OpcuaSource(BaseSource):
                 raise ConnectionError(f"connection lost: {reason[0] if reason else '?'}")
         finally:
             with suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=1.0)
+                await asyncio.wait_for(client.disconnect(), timeout=_DISCONNECT_TIMEOUT_S)
 
     async def _subscribe(self, client: Client) -> None:
         o = self.options
