@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -99,6 +100,21 @@ class MqttOptions(ReconnectOptions):
         if (self.ca_file or self.cert_file) and not self.tls:
             raise ValueError("ca_file/cert_file need tls = true")
         return self
+
+
+def _close_abandoned_sockets(exc: BaseException) -> None:
+    """Close sockets paho dropped on the floor while connecting.
+
+    paho 2.2 does not close the TLS socket when the handshake fails (certificate not
+    trusted): it is only referenced from the exception's traceback and would keep its
+    descriptor until garbage collection. Close what the failing frames hold.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in list(tb.tb_frame.f_locals.values()):
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next
 
 
 class _Refused(Exception):
@@ -206,6 +222,7 @@ class MqttSource(BaseSource):
             try:
                 client.connect(o.host, o.port, keepalive=o.keepalive)
             except OSError as exc:  # refused, unreachable, timeout, TLS handshake (SSLError)
+                _close_abandoned_sockets(exc)
                 raise ConnectionError(f"cannot connect: {exc}") from exc
             connack = self._await_connack(client)
             if connack is None:

@@ -3,6 +3,7 @@ and a broker that restarts."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pwd
@@ -10,12 +11,17 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.sources.base import SensorSample
@@ -32,7 +38,13 @@ PASSWORD = "pump-" + "test"  # a throwaway broker's throwaway account
 class Mosquitto:
     """A Mosquitto process on a fixed loopback port that can be stopped and started again."""
 
-    def __init__(self, directory: Path, *, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        users: dict[str, str] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         if not Path(MOSQUITTO).exists():
             pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
         self.port = free_port()
@@ -46,6 +58,9 @@ class Mosquitto:
             "log_dest stderr",
             "log_type error",
         ]
+        if tls is not None:
+            ca, cert, key = tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
         if users is None:
             lines.append("allow_anonymous true")
         else:
@@ -97,11 +112,71 @@ def auth_broker(tmp_path: Path) -> Iterator[Mosquitto]:
         b.stop()
 
 
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 it signed (PEM files)."""
+    now = datetime.now(UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fedge test CA"))
+        .issuer_name(name("fedge test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, Path]]:
+    files = _tls_files(tmp_path)
+    b = Mosquitto(tmp_path, tls=files)
+    b.start()
+    try:
+        yield b, files[0]
+    finally:
+        b.stop()
+
+
 class Publisher:
     """The plant side: a paho client publishing QoS 1 messages and waiting for each."""
 
-    def __init__(self, port: int, **auth: str) -> None:
+    def __init__(self, port: int, *, ca: Path | None = None, **auth: str) -> None:
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
         if auth:
             self.client.username_pw_set(auth["username"], auth["password"])
         self.client.connect("127.0.0.1", port)
@@ -241,3 +316,27 @@ def test_username_password_and_a_refusal(auth_broker: Mosquitto) -> None:
     finally:
         good.close()
         bad.close()
+
+
+def test_tls_with_the_plant_ca(tls_broker: tuple[Mosquitto, Path], tmp_path: Path) -> None:
+    broker, ca = tls_broker
+    trusted = _source(broker.port, tls=True, ca_file=str(ca))
+    (tmp_path / "other").mkdir()
+    other_ca = _tls_files(tmp_path / "other")  # a CA that did not sign the broker's cert
+    untrusted = _source(broker.port, tls=True, ca_file=str(other_ca[0]))
+    trusted.start()
+    untrusted.start()
+    try:
+        assert wait_until(lambda: trusted.health().state == "ok", timeout=10)
+        pub = Publisher(broker.port, ca=ca)
+        try:
+            pub.send("plant/pump3/pressure", b"4.5")
+            assert _next(trusted).values[1] == 4.5
+        finally:
+            pub.close()
+        assert wait_until(lambda: untrusted.health().errors >= 1, timeout=10)
+        assert untrusted.health().state == "reconnecting"
+        assert "certificate verify failed" in (untrusted.health().last_error or "")
+    finally:
+        trusted.close()
+        untrusted.close()
