@@ -106,6 +106,7 @@ class EdgeAgent:
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
         self._dataset_key: tuple[tuple[int, ...], ModelSpec] | None = None
         self._columns: dict[ModelSpec, np.ndarray] = {}
+        self._live_position: tuple[int, int] | None = None
         # Set when the agent must stop: local training checks it between mini-batches.
         self._halt = threading.Event()
         self._job: (
@@ -151,12 +152,14 @@ class EdgeAgent:
                 cpu_percent=None if cpu_percent is None else max(0.0, cpu_percent),
                 memory_mb=memory_mb,
                 last_error=None if self.stats.last_error is None else self.stats.last_error[:300],
+                source_state=self.source.health().state,
             )
         )
 
     def start(self) -> None:
-        """Backfill history if the store is new, connect, subscribe, announce online."""
+        """Backfill history if the store is new, start the source, connect, announce online."""
         self._backfill()
+        self.source.start()
         self._connect()
 
     def _backfill(self) -> None:
@@ -261,14 +264,17 @@ class EdgeAgent:
             log.warning("%s: could not publish offline status: %s", self.config.device, exc)
         self._ack_telemetry(wait=2.0)
         self.transport.close()
+        self.source.close()
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set: the agent's whole life on one thread (local training
         on a second one when ``background_training``, so sampling keeps its rate)."""
         self._halt = stop
         self._backfill()
+        self.source.start()
         if not self._connect_with_retry(stop):
             self._halt.set()
+            self.source.close()
             self.transport.close()
             return
         try:
@@ -388,12 +394,22 @@ class EdgeAgent:
         sample = self.source.read()
         if sample is None:
             return
-        self.store.append(unit=sample.unit, cycle=sample.cycle, ts=now, values=sample.values)
-        self._current_unit = sample.unit
-        self._current_cycle = sample.cycle
+        if sample.unit is not None and sample.cycle is not None:
+            unit, cycle = sample.unit, sample.cycle
+        else:
+            # A live plant source: the reading belongs to the machine's current unit.
+            if self._live_position is None:
+                self._live_position = self.store.live_position()
+            unit, cycle = self._live_position
+            self._live_position = (unit, cycle + 1)
+        ts = sample.ts if sample.ts is not None else now
+        self.store.append(unit=unit, cycle=cycle, ts=ts, values=sample.values)
+        self._current_unit = unit
+        self._current_cycle = cycle
         self.stats.readings += 1
         if sample.failed:
-            self.store.mark_failed(sample.unit, sample.cycle + 1)
+            self.store.mark_failed(unit, cycle + 1)
+            self._live_position = (unit + 1, 0)
 
     def flush_telemetry(self, now: float) -> int:
         """Publish unsent readings in batches (QoS 1); returns how many were queued."""

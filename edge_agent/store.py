@@ -193,6 +193,21 @@ class ReadingStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot mark unit {unit} failed: {exc}") from exc
 
+    def live_position(self) -> tuple[int, int]:
+        """Where the next reading of a live source goes: ``(unit, cycle)``.
+
+        The unit of the newest reading if it is still running (its next cycle), else a
+        new unit after it (cycle 0); unit 1 in an empty store.
+        """
+        row = self._db.execute(
+            "SELECT unit, MAX(cycle) FROM readings WHERE unit = (SELECT MAX(unit) FROM readings)"
+        ).fetchone()
+        if row is None or row[0] is None:
+            return 1, 0
+        unit, last = int(row[0]), int(row[1])
+        failed = self._db.execute("SELECT 1 FROM units WHERE unit = ?", (unit,)).fetchone()
+        return (unit + 1, 0) if failed else (unit, last + 1)
+
     def failed_units(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT unit FROM units ORDER BY unit")]
 

@@ -164,6 +164,9 @@ class AgentConfig(FedgeSettings):
         default_factory=dict
     )
     security: AgentSecurity = AgentSecurity()
+    # [source]: where readings come from: ``kind`` (a registered source plugin) plus that
+    # source's options, validated by the source itself when the agent starts.
+    source: dict[str, Any] = Field(default_factory=lambda: {"kind": "simulated"})
 
 
 def default_fleet_model() -> ModelSpec:

@@ -22,7 +22,6 @@ from fedge.errors import ConfigError, FedgeError
 from fedge.messages import RoundSummary
 
 if TYPE_CHECKING:
-    from edge_agent.sources import ReplaySensorSource
     from fedge.config import FedgeSettings
 
 S = TypeVar("S", bound="FedgeSettings")
@@ -255,6 +254,13 @@ def agent(
         int, typer.Option(help="Simulated run-to-failure history to start from (simulated source).")
     ] = 8,
     seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Sensor source kind (simulated, csv, command, mqtt, modbus, opcua, cmapss or a "
+            "plugin's); its options come from the [source] table of --config."
+        ),
+    ] = None,
     cmapss: Annotated[
         Path | None,
         typer.Option(help="Replay NASA C-MAPSS engines from this directory instead of simulating."),
@@ -267,14 +273,16 @@ def agent(
 ) -> None:
     """Run one edge agent until Ctrl-C or SIGTERM.
 
-    The sensor source is the fleet simulator, or with --cmapss a replay of C-MAPSS
-    training engines: all but the last of --engines are history (run to failure),
-    the last is streamed live, cycle by cycle, as this device's machine.
+    The sensor source is the [source] table of --config (kind = "modbus", "opcua",
+    "mqtt", "csv", "command", ... with its options; the fleet simulator by default), or
+    with --cmapss a replay of C-MAPSS training engines: all but the last of --engines
+    are history (run to failure), the last is streamed live as this device's machine.
+    The [features] table maps the source's channels onto the fleet model's features.
     """
-    from edge_agent.sources import SensorSource, SimulatedSensorSource
+    from edge_agent.sources.base import BaseSource
+    from edge_agent.sources.cmapss import cmapss_source
     from fedge.config import AgentConfig
-    from fedge.data.simulator import SiteProfile
-    from fedge_app.wiring import agent_client_id, build_agent, mqtt_transport
+    from fedge_app.wiring import agent_client_id, agent_source, build_agent, mqtt_transport
 
     _setup_logging(log_level)
     try:
@@ -285,16 +293,18 @@ def agent(
             "seed": seed,
         }
         cfg = _load(AgentConfig, config, broker, overrides)
-        source: SensorSource
+        source_: BaseSource
         if cmapss is not None:
-            source = _cmapss_source(cmapss, subset, engines)
-            history_units = len(source.history(10_000))
+            source_ = cmapss_source(cmapss, subset, engines)
         else:
-            source = SimulatedSensorSource(profile=SiteProfile(), seed=cfg.seed)
+            source_ = agent_source(cfg, kind=source)
+        if source_.kind != "simulated":
+            # Recorded sources hand over everything they have as history.
+            history_units = len(source_.history(10_000))
         agent_ = build_agent(
             cfg,
             transport=mqtt_transport(cfg.broker, client_id=agent_client_id(cfg)),
-            source=source,
+            source=source_,
             history_units=history_units,
         )
         stop = threading.Event()
@@ -305,37 +315,6 @@ def agent(
         thread.join()
     except FedgeError as exc:
         raise _fail(exc) from exc
-
-
-def _cmapss_source(directory: Path, subset: str, engines: str) -> ReplaySensorSource:
-    from edge_agent.sources import ReplaySensorSource
-    from fedge.data.cmapss import (
-        feature_names,
-        informative_sensors,
-        load_subset,
-        operating_regimes,
-        unit_runs,
-    )
-    from fedge.errors import ConfigError
-
-    try:
-        first, _, last = engines.partition("-")
-        wanted = set(range(int(first), int(last or first) + 1))
-    except ValueError as exc:
-        raise ConfigError(f"--engines {engines!r}: expected FIRST-LAST, e.g. 1-10") from exc
-    data = load_subset(directory, subset)
-    sensors = informative_sensors(data.train)
-    multi = len(operating_regimes(data.train)) > 1
-    runs = [
-        r
-        for r in unit_runs(data.train, sensor_indices=sensors, with_settings=multi)
-        if r.unit in wanted
-    ]
-    if len(runs) < 2:
-        raise ConfigError(f"--engines {engines!r} selects {len(runs)} engines; need at least 2")
-    return ReplaySensorSource(
-        sensor_names=feature_names(sensors, with_settings=multi), history=runs[:-1], live=runs[-1:]
-    )
 
 
 @app.command()

@@ -9,6 +9,7 @@ in-memory broker.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from aggregator.sinks import Sink
 from aggregator.telemetry import open_sink
 from broker.mqtt_transport import PahoTransport
 from edge_agent.agent import EdgeAgent
-from edge_agent.sources import SensorSource
+from edge_agent.sources import SensorSource, source_from_table
+from edge_agent.sources.base import BaseSource
 from edge_agent.store import ReadingStore
 from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig
 from fedge.messages import RoundSummary
@@ -27,6 +29,7 @@ from fedge.transport import Transport
 
 __all__ = [
     "agent_client_id",
+    "agent_source",
     "aggregator_client_id",
     "build_agent",
     "build_aggregator",
@@ -50,6 +53,19 @@ def mqtt_transport(
 ) -> PahoTransport:
     """A paho-mqtt transport to ``endpoint``."""
     return PahoTransport(endpoint, client_id=client_id, clean_session=clean_session)
+
+
+def agent_source(config: AgentConfig, *, kind: str | None = None) -> BaseSource:
+    """The sensor source the agent's ``[source]`` table describes (``kind`` overrides it).
+
+    Each device's simulated machine gets its own seed (from the fleet seed and the
+    device id), so a fleet of simulated agents does not run identical machines.
+    """
+    table = dict(config.source)
+    if kind is not None:
+        table["kind"] = kind
+    seed = zlib.crc32(f"{config.seed}:{config.device}".encode())
+    return source_from_table(table, seed=seed)
 
 
 def build_agent(
