@@ -1,4 +1,4 @@
-"""The example [source] configs in deploy/examples/ validate, and docs/sources.md shows them."""
+"""The example [source] configs in deploy/examples/ validate, and the README shows them."""
 
 from __future__ import annotations
 
@@ -71,6 +71,6 @@ def test_csv_example_maps_the_snapshot_to_named_features() -> None:
 
 @pytest.mark.parametrize("kind", sorted(BUILTINS))
 def test_docs_show_the_example_verbatim(kind: str) -> None:
-    docs = (ROOT / "docs" / "sources.md").read_text()
+    docs = (ROOT / "README.md").read_text()
     example = (EXAMPLES / f"source-{kind}.toml").read_text()
-    assert example in docs, f"docs/sources.md should show deploy/examples/source-{kind}.toml"
+    assert example in docs, f"README.md should show deploy/examples/source-{kind}.toml"
