@@ -92,7 +92,7 @@ def modbus_pump() -> Iterator[ModbusServerThread]:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def test_modbus_csv_and_simulated_agents_train_one_model_and_a_device_lacking_a_feature_is_refused(

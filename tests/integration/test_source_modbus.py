@@ -40,8 +40,9 @@ TYPED: list[tuple[str, str, int, str, str, float]] = [
 class ModbusServerThread:
     """A pymodbus TCP server (one device, id 1) on its own asyncio loop in a thread."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, registers: int = 100) -> None:
         self.port = port
+        self.registers = registers
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: ModbusTcpServer | None = None
@@ -53,7 +54,7 @@ class ModbusServerThread:
 
     def start(self) -> None:
         def blocks() -> list[SimData]:
-            return [SimData(0, count=100, values=0, datatype=DataType.REGISTERS)]
+            return [SimData(0, count=self.registers, values=0, datatype=DataType.REGISTERS)]
 
         bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
         device = SimDevice(id=1, simdata=(bits, bits, blocks(), blocks()))
