@@ -104,6 +104,7 @@ class _OpenRound:
     expected: set[str]
     accumulator: Reducer | None
     received: set[str] = field(default_factory=set)
+    declined: set[str] = field(default_factory=set)
     counted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     bytes_received: int = 0
@@ -211,6 +212,8 @@ class RoundCoordinator:
             frame = decode_frame(payload, max_bytes=max_bytes)
             if current is None:
                 raise UpdateRejectedError(RejectReason.WRONG_ROUND, "no round is open")
+            if frame.header.kind == "decline":
+                return self._declined(current, parsed, frame, now)
             self._admit(current, parsed, frame, now)
         except (ProtocolError, UpdateRejectedError) as exc:
             detail = exc.detail if isinstance(exc, UpdateRejectedError) else str(exc)
@@ -315,6 +318,44 @@ class RoundCoordinator:
             self._add_val(current, metrics.get("val_rmse"), metrics.get("val_examples"))
         elif current.expect.task == "evaluate":
             self._add_val(current, metrics.get("rmse"), float(header.num_examples))
+
+    def _declined(
+        self, current: _OpenRound, parsed: ParsedTopic, frame: Frame, now: float
+    ) -> list[Effect]:
+        """A device says it cannot answer the open round: count its reason, stop waiting.
+
+        The reason is counted like a rejection (``rejected_by_reason``), so the round
+        summary shows *why* a device took no part (e.g. ``missing_feature``).
+        """
+        header = frame.header
+        device = parsed.device
+        if (
+            parsed.kind is not TopicKind.UPDATE
+            or device is None
+            or header.device != device
+            or header.fleet != self.config.fleet
+            or parsed.fleet != self.config.fleet
+        ):
+            raise UpdateRejectedError(RejectReason.TOPIC_MISMATCH, "decline names another device")
+        if header.round_id != current.expect.round_id or parsed.round_id != header.round_id:
+            raise UpdateRejectedError(
+                RejectReason.WRONG_ROUND,
+                f"decline for round {header.round_id}, open round is {current.expect.round_id}",
+            )
+        allowed = self.config.allowed_devices
+        if allowed is not None and device not in allowed:
+            raise UpdateRejectedError(RejectReason.UNKNOWN_DEVICE, f"device {device!r}")
+        if device in current.received or device in current.declined:
+            raise UpdateRejectedError(RejectReason.REPLAY, f"second reply from {device!r}")
+        try:
+            reason = RejectReason(header.reason or "")
+        except ValueError:
+            reason = RejectReason.DECLINED
+        current.declined.add(device)
+        current.expected.discard(device)
+        self._count_reject(reason, f"{device} declined round {header.round_id}: {header.detail}")
+        current.rejected[reason.value] += 1
+        return self.tick(now)
 
     def _round_answered(
         self, parsed: ParsedTopic, current: _OpenRound

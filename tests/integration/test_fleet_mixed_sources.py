@@ -27,6 +27,7 @@ from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint
 from fedge.data.simulator import SENSOR_NAMES, MachineSimulator, SiteProfile, UnitRun
 from fedge.messages import RoundSummary, TrainingConfig
 from fedge.spec import ModelSpec, feature_specs
+from fedge.topics import Topics
 from fedge_app.servers import Mosquitto
 from fedge_app.wiring import build_agent
 from tests.integration.test_source_modbus import INPUT, ModbusServerThread
@@ -145,7 +146,15 @@ def test_modbus_csv_and_simulated_agents_train_one_model_and_a_device_lacking_a_
         t.start()
     summaries: list[RoundSummary] = []
     try:
-        assert wait_until(lambda: all(a.transport.connected for a in agents), timeout=20)
+        # Start the aggregator once every device's retained online status is on the broker.
+        seen: set[str] = set()
+        probe = PahoTransport(endpoint, client_id=f"{FLEET}-probe")
+        probe.connect(on_message=lambda m: seen.add(m.topic))
+        probe.subscribe(Topics(FLEET).all_status)
+        try:
+            assert wait_until(lambda: len(seen) == len(agents), timeout=30)
+        finally:
+            probe.close()
         config = AggregatorConfig(
             fleet=FLEET,
             broker=endpoint,
