@@ -139,6 +139,11 @@ class EdgeAgent:
     # Lifecycle ------------------------------------------------------------------------------
     def _status(self, state: str) -> bytes:
         cpu_percent, memory_mb = self._health()
+        source = self.source.health()
+        last_error = self.stats.last_error
+        if source.state in ("reconnecting", "down") and source.last_error:
+            # An unreachable sensor is what the operator needs to see first.
+            last_error = f"source {source.state}: {source.last_error}"
         return encode_message(
             DeviceStatus(
                 fleet=self.config.fleet,
@@ -151,8 +156,8 @@ class EdgeAgent:
                 buffer_depth=self.store.unsent_count(),
                 cpu_percent=None if cpu_percent is None else max(0.0, cpu_percent),
                 memory_mb=memory_mb,
-                last_error=None if self.stats.last_error is None else self.stats.last_error[:300],
-                source_state=self.source.health().state,
+                last_error=None if last_error is None else last_error[:300],
+                source_state=source.state,
             )
         )
 

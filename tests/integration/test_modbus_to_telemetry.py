@@ -103,3 +103,44 @@ def test_readme_modbus_example_reaches_the_telemetry_store(
     assert fields["speed_rpm"] == pytest.approx(1480.0)
     log = (tmp_path / "agent.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_an_unreachable_device_shows_in_the_agent_status_and_the_agent_keeps_running(
+    tmp_path: Path,
+) -> None:
+    from edge_agent.sources import source_from_table
+    from fedge.config import AgentConfig
+    from fedge.messages import DeviceStatus, decode_message
+    from fedge.topics import Topics
+    from fedge.transport import InboundMessage, InMemoryBroker
+    from fedge_app.wiring import build_agent
+
+    broker = InMemoryBroker()
+    statuses: list[InboundMessage] = []
+    watcher = broker.transport("watcher")
+    watcher.connect(on_message=statuses.append)
+    watcher.subscribe(Topics("plant").all_status)
+    cfg = AgentConfig(
+        fleet="plant", device="pump-09", store_path=tmp_path / "a.sqlite",
+        source={
+            "kind": "modbus", "host": "127.0.0.1", "port": free_port(), "timeout_s": 0.2,
+            "channels": [{"name": "temp", "address": 0}],
+        },
+    )
+    agent = build_agent(
+        cfg, transport=broker.transport("pump-09"), source=source_from_table(cfg.source)
+    )
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.source.health().state == "reconnecting", timeout=15)
+        for _ in range(20):
+            agent.step(timeout=0.01)  # sampling a dead device never raises
+        agent.publish_status()
+        status = decode_message(DeviceStatus, statuses[-1].payload)
+        assert status.state == "online" and status.source_state == "reconnecting"
+        assert status.last_error is not None and status.last_error.startswith(
+            "source reconnecting:"
+        )
+    finally:
+        agent.stop()
+        agent.store.close()
