@@ -387,7 +387,14 @@ class EdgeAgent:
         Channels without a fresh value (NaN) carry their last value forward; rows before
         every feature has had a value are dropped (with their cycles).
         """
-        x = forward_fill(values[:, self.columns(spec)])
+        cols = self.columns(spec)
+        if cols.shape[0] == values.shape[1] and (cols == np.arange(cols.shape[0])).all():
+            picked = values  # channels already in the model's order: no copy
+        else:
+            # Fancy indexing on axis 1 returns an F-ordered array; C order keeps every
+            # later reduction (sums, windows) in the same order as for a plain array.
+            picked = np.ascontiguousarray(values[:, cols])
+        x = forward_fill(picked)
         if not np.isnan(x).any():
             return x, cycles
         complete = ~np.isnan(x).any(axis=1)
