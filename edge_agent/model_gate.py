@@ -10,7 +10,9 @@ still has to pass, in this order:
 2. **limits** (:func:`fedge.limits.check_global_model`): normalisation present and
    sane, every tensor finite and bounded, no unsigned version jump;
 3. **smoke pass**: the model's outputs on up to ``probe_windows`` stored windows are
-   finite (``non_finite_output``);
+   finite (``non_finite_output``) and no predicted RUL exceeds ``max_abs_rul`` cycles
+   (``output_out_of_range``: no machine lives that long, and such outputs overflow
+   every error metric);
 4. **held-out score**: with an acceptance margin, a running model and held-out
    windows, its RMSE on the device's held-out units is at most ``1 + margin`` times
    the running model's (``worse_on_holdout``). Version 0 (normalisation only) and
@@ -55,6 +57,7 @@ class ModelGate:
     authenticated: bool
     """True when global models are signature-checked (mode ``verify``)."""
     probe_windows: int = 64
+    max_abs_rul: float = 1e6
 
     def vet(
         self,
@@ -100,11 +103,18 @@ class ModelGate:
                     RefusalReason.NON_FINITE_OUTPUT,
                     f"version {version} gives NaN or infinity on stored windows",
                 )
+            if rul.size and float(np.abs(rul).max()) > self.max_abs_rul:
+                raise RefusedError(
+                    RefusalReason.OUTPUT_OUT_OF_RANGE,
+                    f"version {version} predicts RUL {float(np.abs(rul).max()):g} cycles",
+                )
         score: float | None = None
         if self.margin is not None and running is not None and version > 0:
             data = holdout(spec)
             if len(data):
-                score = evaluate(candidate, data).rmse
-                reference = evaluate(running, holdout(running.spec)).rmse
+                # Windows the probe did not see may still overflow: inf is refused below.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    score = evaluate(candidate, data).rmse
+                    reference = evaluate(running, holdout(running.spec)).rmse
                 check_holdout_score(score, reference, margin=self.margin)
         return Vetted(candidate, version, score)

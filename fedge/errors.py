@@ -264,6 +264,8 @@ class RefusalReason(StrEnum):
     VERSION_JUMP = "version_jump"
     NON_FINITE_OUTPUT = "non_finite_output"
     """A smoke forward pass on a stored window gave NaN or infinity."""
+    OUTPUT_OUT_OF_RANGE = "output_out_of_range"
+    """A smoke forward pass predicted an absurd RUL (beyond any machine's life)."""
     WORSE_ON_HOLDOUT = "worse_on_holdout"
     """The model's RMSE on the device's held-out data exceeds the running model's by
     more than the acceptance margin."""
