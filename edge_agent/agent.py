@@ -490,10 +490,13 @@ class EdgeAgent:
         except RefusedError as exc:
             known = [v for v in (self.model_version, floor) if v is not None]
             if not known or header.version > max(known):
-                # A newer model kept out: say so in the status, keep the last good one.
+                # A newer model kept out: say so in the status, keep the last good one
+                # (one status per new refusal, so a flood of them is not echoed).
                 self.stats.models_refused += 1
-                self.refused_version, self.refused_reason = header.version, exc.reason.value
-                self.publish_status()
+                refusal = (header.version, exc.reason.value)
+                if refusal != (self.refused_version, self.refused_reason):
+                    self.refused_version, self.refused_reason = refusal
+                    self.publish_status()
             raise
         self.model, self.model_version = vetted.model, vetted.version
         if self.refused_version is not None and self.refused_version <= vetted.version:
