@@ -23,6 +23,16 @@ participation policy says who is expected, which replies count and when a round
 closes and succeeds; its reducers fold the accepted replies into one aggregate;
 its server step turns that into the next global weights. The coordinator keeps
 the facts (who is online, what arrived, the clock) and the bookkeeping.
+
+Authentication (security mode ``verify``, :class:`~fedge.signing.Authenticator`):
+every status and reply must be signed by its device's key in the registry before it
+is decoded; failures are counted per reason (``unsigned``, ``bad_signature``,
+``unknown_device``, ...) in ``rejected_total``. So only verified devices are ever
+online, and only they are expected in a round, whatever the broker lets through.
+An ``online`` status must also be fresh and no older than the device's last one
+(:class:`~fedge.signing.StatusStamps`). A device that declines a round (a
+``decline`` frame, e.g. ``model_refused``) is counted under its reason and no
+longer waited for.
 """
 
 from __future__ import annotations
@@ -40,7 +50,6 @@ from aggregator.state import Checkpoint
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AggregatorConfig
 from fedge.errors import (
-    MessageError,
     ProtocolError,
     RejectReason,
     TopicError,
@@ -54,7 +63,9 @@ from fedge.messages import (
     decode_message,
     encode_message,
 )
+from fedge.signing import Authenticator, StatusStamps
 from fedge.strategies import Reducer, ServerStep, Strategy, stats_template
+from fedge.tally import RejectionTally
 from fedge.topics import ParsedTopic, TopicKind, Topics, parse_topic
 from fedge.validation import RoundExpectation, UpdateValidator
 
@@ -141,8 +152,13 @@ class RoundCoordinator:
         strategy: Strategy | ServerStep,
         initial: Checkpoint,
         trainable: Sequence[str],
+        authenticator: Authenticator | None = None,
+        status_stamps: StatusStamps | None = None,
     ) -> None:
         self.config = config
+        # Mode "off" by default (demo, simulations): nothing is verified.
+        self.authenticator = authenticator or Authenticator("off")
+        self.status_stamps = status_stamps or StatusStamps()
         self.topics = Topics(config.fleet)
         if isinstance(strategy, ServerStep):
             strategy = Strategy.from_settings(config, server_step=strategy)
@@ -162,6 +178,7 @@ class RoundCoordinator:
         self._earlier: dict[int, _EarlierRound] = {}
         self.evaluated = False
         self.rejected_total: Counter[str] = Counter()
+        self._tally = RejectionTally()
         self.history: list[RoundSummary] = []
 
     # Public API ---------------------------------------------------------------------------
@@ -176,10 +193,18 @@ class RoundCoordinator:
         return []
 
     def on_status(self, device: str, payload: bytes, now: float) -> list[Effect]:
-        """A device's retained status (or last will) changed."""
+        """A device's retained status (or last will) changed (``payload`` as received)."""
+        topic = self.topics.status(device)
         try:
+            # No replay guard: statuses are retained and the will is signed at connect
+            # time; StatusStamps keeps "online" fresh instead.
+            payload, signed_at = self.authenticator.open_stamped(payload, topic, now=now)
             status = decode_message(DeviceStatus, payload)
-        except MessageError as exc:
+            if signed_at is not None:
+                self.status_stamps.check(
+                    device, signed_at, online=status.state == "online", now=now
+                )
+        except ProtocolError as exc:
             self._count_reject(exc.reason, f"status from {device}: {exc}")
             return []
         if status.device != device or status.fleet != self.config.fleet:
@@ -209,11 +234,11 @@ class RoundCoordinator:
             max_bytes = (
                 current.announcement.max_update_bytes if current else self.config.max_update_bytes
             )
+            # Before decoding: a forged or unknown device's frame is never parsed.
+            self.authenticator.check_frame(payload, topic, max_bytes=max_bytes)
             frame = decode_frame(payload, max_bytes=max_bytes)
             if current is None:
                 raise UpdateRejectedError(RejectReason.WRONG_ROUND, "no round is open")
-            if frame.header.kind == "decline":
-                return self._declined(current, parsed, frame, now)
             self._admit(current, parsed, frame, now)
         except (ProtocolError, UpdateRejectedError) as exc:
             detail = exc.detail if isinstance(exc, UpdateRejectedError) else str(exc)
@@ -290,6 +315,9 @@ class RoundCoordinator:
 
     def _admit(self, current: _OpenRound, parsed: ParsedTopic, frame: Frame, now: float) -> None:
         """Validate a reply, let the policy weigh it and fold it in; raises to refuse it."""
+        if frame.header.kind == "decline":
+            self._declined(current, parsed, frame)
+            return
         answered = self._round_answered(parsed, current)
         device = self.validator.check(
             parsed, frame, answered.expect, already_received=answered.received
@@ -319,43 +347,30 @@ class RoundCoordinator:
         elif current.expect.task == "evaluate":
             self._add_val(current, metrics.get("rmse"), float(header.num_examples))
 
-    def _declined(
-        self, current: _OpenRound, parsed: ParsedTopic, frame: Frame, now: float
-    ) -> list[Effect]:
-        """A device says it cannot answer the open round: count its reason, stop waiting.
-
-        The reason is counted like a rejection (``rejected_by_reason``), so the round
-        summary shows *why* a device took no part (e.g. ``missing_feature``).
-        """
+    def _declined(self, current: _OpenRound, parsed: ParsedTopic, frame: Frame) -> None:
+        """A device says it cannot answer the open round: count why, stop waiting for it."""
         header = frame.header
         device = parsed.device
-        if (
-            parsed.kind is not TopicKind.UPDATE
-            or device is None
-            or header.device != device
-            or header.fleet != self.config.fleet
-            or parsed.fleet != self.config.fleet
-        ):
-            raise UpdateRejectedError(RejectReason.TOPIC_MISMATCH, "decline names another device")
-        if header.round_id != current.expect.round_id or parsed.round_id != header.round_id:
+        if parsed.kind is not TopicKind.UPDATE or device is None or header.device != device:
+            raise UpdateRejectedError(RejectReason.TOPIC_MISMATCH, f"decline on {parsed}")
+        if header.fleet != self.config.fleet:
+            raise UpdateRejectedError(RejectReason.WRONG_FLEET, f"fleet {header.fleet!r}")
+        round_id = current.expect.round_id
+        if parsed.round_id != round_id or header.round_id != round_id:
             raise UpdateRejectedError(
-                RejectReason.WRONG_ROUND,
-                f"decline for round {header.round_id}, open round is {current.expect.round_id}",
+                RejectReason.WRONG_ROUND, f"decline of round {header.round_id}, open is {round_id}"
             )
         allowed = self.config.allowed_devices
         if allowed is not None and device not in allowed:
             raise UpdateRejectedError(RejectReason.UNKNOWN_DEVICE, f"device {device!r}")
         if device in current.received or device in current.declined:
-            raise UpdateRejectedError(RejectReason.REPLAY, f"second reply from {device!r}")
-        try:
-            reason = RejectReason(header.reason or "")
-        except ValueError:
-            reason = RejectReason.DECLINED
+            raise UpdateRejectedError(RejectReason.REPLAY, f"{device!r} already answered")
+        reason = header.reason or "declined"
         current.declined.add(device)
         current.expected.discard(device)
-        self._count_reject(reason, f"{device} declined round {header.round_id}: {header.detail}")
-        current.rejected[reason.value] += 1
-        return self.tick(now)
+        current.rejected[reason] += 1
+        self.rejected_total[reason] += 1
+        log.info("round %d: %s declines (%s): %s", round_id, device, reason, header.detail)
 
     def _round_answered(
         self, parsed: ParsedTopic, current: _OpenRound
@@ -393,7 +408,12 @@ class RoundCoordinator:
 
     def _count_reject(self, reason: RejectReason, detail: str) -> None:
         self.rejected_total[reason.value] += 1
-        log.warning("rejected (%s): %s", reason.value, detail)
+        # The first few of each reason, then every 1000th: a flood of forgeries fills
+        # a counter, not the log.
+        if self._tally.add(reason.value):
+            log.warning(
+                "rejected (%s, #%d): %s", reason.value, self._tally.counts[reason.value], detail
+            )
 
     def _close(self, now: float) -> list[Effect]:
         current = self.open

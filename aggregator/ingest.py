@@ -27,6 +27,7 @@ from fedge.errors import FedgeError, IngestReject, IngestRejectedError, SinkErro
 from fedge.ingest_rules import Accepted, IngestRules
 from fedge.messages import MAX_MESSAGE_BYTES
 from fedge.points import Point, PointBatch
+from fedge.signing import Authenticator, ReplayGuard
 from fedge.topics import Topics, validate_segment
 from fedge.transport import InboundMessage, Transport, drain
 
@@ -97,6 +98,8 @@ class IngestService:
         batch_messages: int = 500,
         sink_retry_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        authenticator: Authenticator | None = None,
+        replay_guard: ReplayGuard | None = None,
     ) -> None:
         self.transport = transport
         self.sink = sink
@@ -111,6 +114,9 @@ class IngestService:
             max_tracked_devices=max_tracked_devices,
             # A sink that writes line protocol (InfluxSink) takes telemetry preformatted.
             telemetry_as_lines=sink.accepts_line_protocol,
+            # Security mode "verify": every message checked against the key registry.
+            authenticator=authenticator,
+            replay_guard=replay_guard,
         )
         if shared_group is not None:
             validate_segment(shared_group, what="shared subscription group")

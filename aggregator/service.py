@@ -1,7 +1,9 @@
 """The aggregator process: a transport, a :class:`RoundCoordinator`, a checkpoint store.
 
 Inbound messages are queued by the transport callback and handled on the
-service thread; the coordinator decides, the service carries out its effects.
+service thread; the coordinator decides (and verifies what devices sent, with the
+``authenticator``), the service carries out its effects, signing every publish
+(global models, announcements, summaries) with the aggregator key at publish time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fedge.config import AggregatorConfig
 from fedge.errors import FedgeError, TransportError
 from fedge.messages import RoundSummary
 from fedge.models import build_model, state_tensors, trainable_names
+from fedge.signing import Authenticator, Signer, StatusStamps
 from fedge.strategies import Strategy
 from fedge.topics import Topics
 from fedge.transport import InboundMessage, Transport, drain
@@ -39,8 +42,14 @@ class AggregatorService:
         checkpoints: CheckpointStore | None = None,
         on_round: Callable[[RoundSummary], None] | None = None,
         clock: Callable[[], float] = time.time,
+        authenticator: Authenticator | None = None,
+        signer: Signer | None = None,
+        status_stamps: StatusStamps | None = None,
     ) -> None:
         self.config = config
+        self.authenticator = authenticator or Authenticator("off")
+        self.signer = signer or Signer()
+        self._status_stamps = status_stamps
         self.transport = transport
         self.checkpoints = checkpoints or CheckpointStore(config.checkpoint_dir)
         self.on_round = on_round
@@ -73,6 +82,8 @@ class AggregatorService:
             strategy=Strategy.from_settings(self.config),
             initial=initial,
             trainable=trainable_names(model),
+            authenticator=self.authenticator,
+            status_stamps=self._status_stamps,
         )
 
     @property
@@ -82,9 +93,8 @@ class AggregatorService:
     def _execute(self, effects: list[Publish | SaveCheckpoint | RoundClosed]) -> None:
         for effect in effects:
             if isinstance(effect, Publish):
-                self.transport.publish(
-                    effect.topic, effect.payload, qos=effect.qos, retain=effect.retain
-                )
+                payload = self.signer.sign(effect.topic, effect.payload, now=self.clock())
+                self.transport.publish(effect.topic, payload, qos=effect.qos, retain=effect.retain)
             elif isinstance(effect, SaveCheckpoint):
                 self.checkpoints.save(effect.checkpoint)
             elif self.on_round is not None:

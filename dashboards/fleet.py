@@ -151,6 +151,7 @@ def fleet_dashboard() -> Dashboard:
             influxql(
                 'last("online") AS "online", last("buffer_depth") AS "buffer_depth", '
                 'last("model_version") AS "model_version", '
+                'last("refused_model_version") AS "last_refused_model", '
                 'last("cpu_percent") AS "cpu_percent", last("memory_mb") AS "memory_mb"',
                 '"device_health"',
                 group_by='"device"',

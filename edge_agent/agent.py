@@ -3,6 +3,15 @@
 The agent owns one thread (``run``). The transport's callbacks only put inbound
 messages on a queue; everything else, including training, happens on the agent
 thread, so paho's network loop is never blocked and there is no shared state.
+
+Inbound, nothing is trusted: in security mode ``verify`` every global model and
+round announcement must be signed by the pinned aggregator key; announcements are
+clamped to the agent's own limits (:mod:`fedge.limits`); a global model replaces the
+running one only if it passes :class:`~edge_agent.model_gate.ModelGate`. Whatever a
+message does wrong is counted per reason (``AgentStats.refused``), logged for the
+first few and every 1000th of a reason, and never ends the agent thread. Outbound,
+with a signing key, everything the agent publishes is signed at publish time
+(the last will at connect time).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenacity
 
+from edge_agent.model_gate import ModelGate
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
 from fedge import __version__
@@ -32,11 +42,15 @@ from fedge.errors import (
     FedgeError,
     FrameError,
     MessageError,
+    ProtocolError,
+    RefusalReason,
+    RefusedError,
     RejectReason,
     StorageError,
     TransportError,
 )
 from fedge.features.schema import feature_columns, forward_fill, non_numeric_features
+from fedge.limits import AdmittedRound, check_announcement, check_stats_rows
 from fedge.messages import (
     DeviceStatus,
     Prediction,
@@ -47,9 +61,11 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.models import FaultModel, build_model, load_tensors, state_tensors
+from fedge.signing import Authenticator, Signer
 from fedge.spec import ModelSpec
+from fedge.tally import RejectionTally
 from fedge.topics import Topics
-from fedge.training import WindowDataset, evaluate, predict, train_local
+from fedge.training import TrainingStopped, WindowDataset, evaluate, predict, train_local
 from fedge.transport import InboundMessage, PublishHandle, Transport, Will, drain
 
 __all__ = ["AgentStats", "EdgeAgent"]
@@ -60,6 +76,10 @@ _MAX_INFLIGHT_BATCHES = 20
 
 # A background training job: its round, its thread, and the box its frame (or error) lands in.
 _TrainJob = tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]]
+
+# Not a rejection: the retained model again after a reconnect, or a round already done.
+_BENIGN = frozenset({RefusalReason.VERSION_REPEAT.value})
+_INTERNAL = "internal_error"
 
 
 @dataclass
@@ -73,6 +93,14 @@ class AgentStats:
     rounds_answered: int = 0
     models_received: int = 0
     rejected_messages: int = 0
+    """Inbound messages refused, for any reason but ``version_repeat``."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """Inbound messages refused per reason: signature failures (``unsigned``,
+    ``bad_signature``, ...), malformed bytes, refused announcements and models
+    (:class:`~fedge.errors.RefusalReason`), and ``internal_error`` for anything a
+    message made go wrong that no check anticipated."""
+    models_refused: int = 0
+    declined_rounds: int = 0
     connect_failures: int = 0
     last_error: str | None = None
     answered_rounds: list[int] = field(default_factory=list)
@@ -90,18 +118,31 @@ class EdgeAgent:
         store: ReadingStore,
         history_units: int = 0,
         clock: Callable[[], float] = time.time,
+        authenticator: Authenticator | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.config = config
         self.transport = transport
         self.source = source
         self.store = store
         self.clock = clock
+        # Mode "off" by default: the demo and simulations verify and sign nothing.
+        self.authenticator = authenticator or Authenticator("off")
+        self.signer = signer or Signer()
+        self.gate = ModelGate(
+            limits=config.limits,
+            margin=config.model_acceptance_margin,
+            authenticated=self.authenticator.mode == "verify",
+        )
         self.topics = Topics(config.fleet)
         self.stats = AgentStats()
         self.model: FaultModel | None = None
         self.model_version: int | None = None
+        self.refused_version: int | None = None
+        self.refused_reason: str | None = None
+        self._tally = RejectionTally()
         self._inbox: queue.Queue[InboundMessage] = queue.Queue()
-        self._pending_round: RoundAnnouncement | None = None
+        self._pending_round: AdmittedRound | None = None
         self._answered: set[int] = set()
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
         self._dataset_key: tuple[tuple[int, ...], ModelSpec] | None = None
@@ -158,14 +199,49 @@ class EdgeAgent:
                 memory_mb=memory_mb,
                 last_error=None if last_error is None else last_error[:300],
                 source_state=source.state,
+                refused_model_version=self.refused_version,
+                refused_reason=self.refused_reason,
             )
+        )
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> PublishHandle:
+        """Publish ``payload``, signed for ``topic`` now if the agent has a signing key."""
+        return self.transport.publish(
+            topic, self.signer.sign(topic, payload, now=self.clock()), retain=retain
         )
 
     def start(self) -> None:
         """Backfill history if the store is new, start the source, connect, announce online."""
         self._backfill()
+        self._restore_model()
         self.source.start()
         self._connect()
+
+    def _restore_model(self) -> None:
+        """Load the model this device ran before a restart (saved in its store).
+
+        It is the floor for what comes next (never a lower version) and the model the
+        next global model is compared with on held-out data.
+        """
+        if self.model is not None:
+            return
+        saved = self.store.load_model()
+        if saved is None:
+            return
+        version, payload = saved
+        try:
+            frame = decode_frame(payload, max_bytes=max(len(payload), 1024))
+            spec = frame.header.model
+            if spec is None:
+                raise FrameError("saved model frame carries no model spec")
+            model = build_model(spec)
+            load_tensors(model, frame.tensors)
+        except FedgeError as exc:
+            # The version floor in the store's meta table still holds.
+            log.warning("%s: cannot restore saved model v%d: %s", self.config.device, version, exc)
+            return
+        self.model, self.model_version = model, version
+        log.info("%s: restored global model v%d from the store", self.config.device, version)
 
     def _backfill(self) -> None:
         if self._history_units and not self.store.failed_units():
@@ -178,15 +254,13 @@ class EdgeAgent:
 
     def _connect(self) -> None:
         offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
-        self.transport.connect(
-            on_message=self._inbox.put,
-            will=Will(self.topics.status(self.config.device), encode_message(offline), retain=True),
-        )
+        topic = self.topics.status(self.config.device)
+        # Signed now: the broker publishes the will later, when the agent is gone.
+        will = self.signer.sign(topic, encode_message(offline), now=self.clock())
+        self.transport.connect(on_message=self._inbox.put, will=Will(topic, will, retain=True))
         self.transport.subscribe(self.topics.global_model)
         self.transport.subscribe(self.topics.round_current)
-        self.transport.publish(
-            self.topics.status(self.config.device), self._status("online"), retain=True
-        )
+        self._publish(topic, self._status("online"), retain=True)
 
     def _connect_with_retry(self, stop: threading.Event) -> bool:
         """Connect, retrying with exponential backoff and jitter until ``stop`` is set.
@@ -248,7 +322,7 @@ class EdgeAgent:
     def publish_status(self) -> None:
         """Re-publish the retained online status with fresh health figures."""
         try:
-            self.transport.publish(
+            self._publish(
                 self.topics.status(self.config.device), self._status("online"), retain=True
             )
         except TransportError as exc:
@@ -261,7 +335,7 @@ class EdgeAgent:
             self._job[1].join(timeout=2.0)
             self._job = None
         try:
-            handle = self.transport.publish(
+            handle = self._publish(
                 self.topics.status(self.config.device), self._status("offline"), retain=True
             )
             handle.wait(2.0)
@@ -276,6 +350,7 @@ class EdgeAgent:
         on a second one when ``background_training``, so sampling keeps its rate)."""
         self._halt = stop
         self._backfill()
+        self._restore_model()
         self.source.start()
         if not self._connect_with_retry(stop):
             self._halt.set()
@@ -296,9 +371,14 @@ class EdgeAgent:
             self.stop()
 
     def step(self, *, timeout: float = 0.0) -> None:
-        """Do whatever is due: inbound messages, a sample, a telemetry flush, a round."""
+        """Do whatever is due: inbound messages, a sample, a telemetry flush, a round.
+
+        Whatever an inbound message sets off (handling it, predicting with the model
+        it brought, the round it announced) runs inside :meth:`_contained`: an error
+        is logged and counted, and the agent carries on.
+        """
         for msg in drain(self._inbox, timeout=timeout):
-            self._handle(msg)
+            self._contained(self._handle, msg)
         now = self.clock()
         if self.config.sample_interval_s > 0 and now >= self._next_sample:
             self._next_sample = now + self.config.sample_interval_s
@@ -307,36 +387,93 @@ class EdgeAgent:
             self._next_flush = now + self.config.telemetry_interval_s
             self._ack_telemetry(wait=0.0)
             if self.flush_telemetry(now):
-                self.predict_and_publish()
+                self._contained(self.predict_and_publish)
         if now >= self._next_status:
             self._next_status = now + self.config.status_interval_s
             self.publish_status()
-        self._collect_job()
+        self._contained(self._collect_job)
         if self._pending_round is not None:
-            self._try_round(self._pending_round)
+            self._contained(self._try_round, self._pending_round)
+
+    def _contained(self, work: Callable[..., object], *args: object) -> None:
+        """Run ``work``; any Exception is logged, counted as ``internal_error``, dropped.
+
+        KeyboardInterrupt and SystemExit are not Exceptions and still stop the agent.
+        """
+        try:
+            work(*args)
+        except Exception as exc:
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            self.stats.rejected_messages += 1
+            if self._tally.add(_INTERNAL):
+                log.exception("%s: unexpected error (contained)", self.config.device)
+            self.stats.refused = self._tally.as_dict()
+            if self._pending_round is not None and work == self._try_round:
+                # A round that raised once will raise again: do not retry it every step.
+                self._answered.add(self._pending_round.announcement.round_id)
+                self._pending_round = None
+
+    def _refuse(self, reason: str, topic: str, detail: str) -> None:
+        """Count an inbound message refused for ``reason``; log some of them."""
+        benign = reason in _BENIGN
+        if not benign:
+            self.stats.rejected_messages += 1
+            self.stats.last_error = f"{reason}: {detail}"[:300]
+        if self._tally.add(reason) and not benign:
+            log.warning(
+                "%s: refused message on %s (%s, #%d): %s",
+                self.config.device,
+                topic,
+                reason,
+                self._tally.counts[reason],
+                detail,
+            )
+        self.stats.refused = self._tally.as_dict()
 
     # Inbound ---------------------------------------------------------------------------------
     def _handle(self, msg: InboundMessage) -> None:
+        """Authenticate, decode and act on one inbound message; refusals are counted."""
         try:
             if msg.topic == self.topics.global_model:
-                self._on_global(decode_frame(msg.payload, max_bytes=self.config.max_frame_bytes))
+                max_bytes = self.config.max_frame_bytes
+                self.authenticator.check_frame(msg.payload, msg.topic, max_bytes=max_bytes)
+                self._on_global(decode_frame(msg.payload, max_bytes=max_bytes), msg.payload)
             elif msg.topic == self.topics.round_current:
-                announcement = decode_message(RoundAnnouncement, msg.payload)
-                if announcement.fleet == self.config.fleet:
-                    self._pending_round = announcement
-        except (FrameError, MessageError) as exc:
-            self.stats.rejected_messages += 1
-            self.stats.last_error = str(exc)
-            log.warning("%s: ignored bad message on %s: %s", self.config.device, msg.topic, exc)
+                # No replay guard: the announcement is retained. Rounds already handled
+                # are ignored and expired deadlines refused (check_announcement).
+                payload = self.authenticator.open_message(msg.payload, msg.topic, now=self.clock())
+                self._on_announcement(decode_message(RoundAnnouncement, payload))
+        except ProtocolError as exc:
+            self._refuse(exc.reason.value, msg.topic, str(exc))
+        except RefusedError as exc:
+            self._refuse(exc.reason.value, msg.topic, exc.detail)
 
-    def _on_global(self, frame: Frame) -> None:
+    def _on_announcement(self, ann: RoundAnnouncement) -> None:
+        if ann.fleet != self.config.fleet:
+            raise MessageError(f"announcement for fleet {ann.fleet!r}")
+        if ann.round_id in self._answered or (
+            self._pending_round is not None
+            and self._pending_round.announcement.round_id == ann.round_id
+        ):
+            return  # the retained announcement again
+        admitted = check_announcement(ann, self.config.limits, now=self.clock())
+        if admitted.adjustments:
+            log.info(
+                "%s: round %d clamped to the agent's limits: %s",
+                self.config.device,
+                ann.round_id,
+                ", ".join(
+                    f"{a.field} {a.requested:g}->{a.applied:g}" for a in admitted.adjustments
+                ),
+            )
+        self._pending_round = admitted
+
+    def _on_global(self, frame: Frame, payload: bytes) -> None:
         header = frame.header
         if header.kind != "global" or header.fleet != self.config.fleet or header.version is None:
             raise FrameError(f"not a global model for fleet {self.config.fleet}")
         if header.model is None:
             raise FrameError("global model frame carries no model spec")
-        # No "keep the newer version" rule: a retained global model is the topic's current
-        # state, so a lower version means the aggregator restarted or the fleet was reset.
         spec: ModelSpec = header.model
         try:
             self.columns(spec)
@@ -351,14 +488,54 @@ class EdgeAgent:
                 exc.detail,
             )
             return
-        model = (
-            self.model if self.model is not None and self.model.spec == spec else build_model(spec)
-        )
-        load_tensors(model, frame.tensors)
-        self.model = model
-        self.model_version = header.version
+        floor = self.store.model_floor()
+        try:
+            vetted = self.gate.vet(
+                frame,
+                running=self.model,
+                running_version=self.model_version,
+                floor=floor,
+                holdout=self._holdout_or_empty,
+                probe=self._probe_windows,
+            )
+        except RefusedError as exc:
+            known = [v for v in (self.model_version, floor) if v is not None]
+            if not known or header.version > max(known):
+                # A newer model kept out: say so in the status, keep the last good one
+                # (one status per new refusal, so a flood of them is not echoed).
+                self.stats.models_refused += 1
+                refusal = (header.version, exc.reason.value)
+                if refusal != (self.refused_version, self.refused_reason):
+                    self.refused_version, self.refused_reason = refusal
+                    self.publish_status()
+            raise
+        self.model, self.model_version = vetted.model, vetted.version
+        if self.refused_version is not None and self.refused_version <= vetted.version:
+            self.refused_version = self.refused_reason = None
         self.stats.models_received += 1
+        try:
+            self.store.save_model(vetted.version, payload)
+        except StorageError as exc:
+            self.stats.last_error = str(exc)
         self.predict_and_publish()
+
+    def _holdout_or_empty(self, spec: ModelSpec) -> WindowDataset:
+        """The held-out windows for ``spec``; none if the device cannot build them."""
+        try:
+            return self.datasets(spec)[1]
+        except FeatureSchemaError:
+            return WindowDataset.concat([], n_features=spec.input_features, window=spec.window)
+
+    def _probe_windows(self, spec: ModelSpec) -> np.ndarray | None:
+        """Stored windows for a smoke forward pass of a model of ``spec``."""
+        try:
+            train, holdout = self.datasets(spec)
+        except FeatureSchemaError:
+            return self._live_window(spec)
+        for data in (holdout, train):
+            if len(data):
+                return data.x[: self.gate.probe_windows]
+        return self._live_window(spec)
 
     def columns(self, spec: ModelSpec) -> np.ndarray:
         """Column of each of ``spec``'s features among this device's channels.
@@ -451,7 +628,7 @@ class EdgeAgent:
                 ],
             )
             try:
-                handle = self.transport.publish(
+                handle = self._publish(
                     self.topics.telemetry(self.config.device), encode_message(batch)
                 )
             except TransportError as exc:
@@ -539,7 +716,8 @@ class EdgeAgent:
         self._dataset_key = (units, spec)
         return self._train_data, self._holdout
 
-    def _try_round(self, ann: RoundAnnouncement) -> None:
+    def _try_round(self, admitted: AdmittedRound) -> None:
+        ann = admitted.announcement  # clamped to the agent's limits
         if ann.round_id in self._answered or self.clock() > ann.deadline:
             self._pending_round = None
             return
@@ -548,16 +726,16 @@ class EdgeAgent:
             if spec is not None:
                 self.columns(spec)
         except FeatureSchemaError as exc:
-            self._decline(ann, exc)
+            self._decline(ann, exc.reason, exc.detail)
             return
-        if ann.task != "stats" and (self.model is None or self.model_version != ann.base_version):
+        if ann.task != "stats" and not self._has_base(ann):
             return  # wait for the round's base model (retained) to arrive
         if self._job is not None:
             return  # one round at a time: answer this one when the current job is done
         frame: bytes | None = None
         try:
             if ann.task == "train":
-                job = self._train_job(ann)
+                job = self._train_job(ann, budget_s=admitted.train_budget_s)
                 if job is not None and self.config.background_training:
                     self._answered.add(ann.round_id)
                     self._pending_round = None
@@ -567,8 +745,12 @@ class EdgeAgent:
             else:
                 frame = self._answer(ann)
         except FeatureSchemaError as exc:
-            self._decline(ann, exc)
+            self._decline(ann, exc.reason, exc.detail)
             return
+        except TrainingStopped as exc:
+            if not self._halt.is_set():
+                self._decline(ann, RejectReason.TRAIN_TIMEOUT, str(exc))
+                return
         except FedgeError as exc:
             self.stats.last_error = str(exc)
             log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, exc)
@@ -577,17 +759,36 @@ class EdgeAgent:
         if frame is not None:
             self._publish_answer(ann, frame)
 
-    def _decline(self, ann: RoundAnnouncement, exc: FeatureSchemaError) -> None:
+    def _has_base(self, ann: RoundAnnouncement) -> bool:
+        """True if the device runs the round's base model; declines when it never will."""
+        running = self.model_version if self.model is not None else None
+        if running == ann.base_version:
+            return True
+        if self.refused_version == ann.base_version:
+            self._decline(
+                ann,
+                RejectReason.MODEL_REFUSED,
+                f"refused base model v{ann.base_version} ({self.refused_reason}); runs v{running}",
+            )
+        elif running is not None and running > ann.base_version:
+            # Versions never go back on a device: it cannot train on an older base.
+            self._decline(
+                ann, RejectReason.STALE_BASE, f"base v{ann.base_version}, runs v{running}"
+            )
+        return False
+
+    def _decline(self, ann: RoundAnnouncement, reason: RejectReason, detail: str) -> None:
         """Tell the aggregator why this device cannot answer ``ann`` (counted in the summary)."""
-        self.stats.last_error = exc.detail
+        self.stats.last_error = detail[:300]
+        self.stats.declined_rounds += 1
         self._answered.add(ann.round_id)
         self._pending_round = None
-        log.warning("%s: declines round %d: %s", self.config.device, ann.round_id, exc.detail)
+        log.warning("%s: declines round %d: %s", self.config.device, ann.round_id, detail)
         header = self._header(ann, "decline", 0, {}).model_copy(
-            update={"reason": exc.reason.value, "detail": exc.detail[:300]}
+            update={"reason": reason.value, "detail": detail[:300]}
         )
         try:
-            self.transport.publish(
+            self._publish(
                 self.topics.update(ann.round_id, self.config.device), encode_frame(header, {})
             )
         except TransportError as err:
@@ -627,6 +828,8 @@ class EdgeAgent:
             stats = FeatureStats.combine(FeatureStats.from_array(r) for r in rows)
             if stats.count == 0:
                 return None
+            # Sums over a handful of rows are close to the readings themselves.
+            check_stats_rows(int(stats.count), self.config.limits)
             tensors = {
                 "count": np.array([stats.count], np.float64),
                 "sum": np.asarray(stats.sum, np.float64),
@@ -643,11 +846,13 @@ class EdgeAgent:
             return encode_frame(self._header(ann, "evaluation", ev.num_examples, metrics), {})
         raise AssertionError(f"unexpected task {ann.task!r}")  # train goes to _train_job
 
-    def _train_job(self, ann: RoundAnnouncement) -> Callable[[], bytes] | None:
+    def _train_job(self, ann: RoundAnnouncement, *, budget_s: float) -> Callable[[], bytes] | None:
         """Everything a train round needs from the store, and a closure that trains.
 
         The closure touches neither the store nor ``self.model`` (it trains a copy), so
-        it can run on a worker thread while the agent thread keeps sampling.
+        it can run on a worker thread while the agent thread keeps sampling. Training
+        stops (TrainingStopped) when the agent stops or ``budget_s`` seconds after the
+        closure started (:func:`fedge.limits.check_announcement` derives the budget).
         """
         assert self.model is not None  # noqa: S101 - checked by _try_round
         train, holdout = self.datasets(self.model.spec)
@@ -661,10 +866,15 @@ class EdgeAgent:
         halt = self._halt
 
         def run() -> bytes:
+            over = time.monotonic() + budget_s
+
+            def should_stop() -> bool:
+                return halt.is_set() or time.monotonic() > over
+
             # The base model's error on the held-out units (``local`` still holds it).
             before = evaluate(local, holdout)
             result = train_local(
-                local, train, ann.training, seed=seed, reference=base, should_stop=halt.is_set
+                local, train, ann.training, seed=seed, reference=base, should_stop=should_stop
             )
             metrics = {
                 "train_loss": result.loss,
@@ -698,6 +908,9 @@ class EdgeAgent:
         ann, _, box = self._job
         self._job = None
         outcome = box[0] if box else FedgeError("training thread ended without a result")
+        if isinstance(outcome, TrainingStopped) and not self._halt.is_set():
+            self._decline(ann, RejectReason.TRAIN_TIMEOUT, str(outcome))
+            return
         if isinstance(outcome, BaseException):
             self.stats.last_error = str(outcome)
             log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, outcome)
@@ -710,17 +923,16 @@ class EdgeAgent:
         self.stats.rounds_answered += 1
         self.stats.answered_rounds.append(ann.round_id)
         try:
-            self.transport.publish(self.topics.update(ann.round_id, self.config.device), frame)
+            self._publish(self.topics.update(ann.round_id, self.config.device), frame)
         except TransportError as exc:
             self.stats.last_error = str(exc)
             self.stats.rounds_answered -= 1
             self.stats.answered_rounds.pop()
 
-    def predict_and_publish(self) -> Prediction | None:
-        """Predict on the latest window of the running unit and publish it."""
-        if self.model is None or self.model_version is None or self._current_unit is None:
+    def _live_window(self, spec: ModelSpec) -> np.ndarray | None:
+        """The model input (1, window, features) of the running unit, or None if none yet."""
+        if self._current_unit is None:
             return None
-        spec = self.model.spec
         try:
             recent, _ = self._model_inputs(spec, self.store.latest(self._current_unit, spec.window))
             head, _ = self._model_inputs(spec, self.store.head(self._current_unit))
@@ -728,13 +940,26 @@ class EdgeAgent:
             return None
         if recent.shape[0] == 0 or (spec.context == "history" and head.shape[0] == 0):
             return None
-        window = add_context(
+        return add_context(
             last_window(recent, window=spec.window)[None, ...],
             end_cycles=np.array([self._current_cycle or 0]),
             head=head,
             spec=spec,
         )
+
+    def predict_and_publish(self) -> Prediction | None:
+        """Predict on the latest window of the running unit and publish it."""
+        if self.model is None or self.model_version is None:
+            return None
+        spec = self.model.spec
+        window = self._live_window(spec)
+        if window is None:
+            return None
         rul, prob = predict(self.model, window)
+        if not (math.isfinite(float(rul[0])) and math.isfinite(float(prob[0]))):
+            # The gate's smoke pass makes this unlikely; a reading it never saw can still.
+            self._refuse(RefusalReason.NON_FINITE_OUTPUT.value, "prediction", "model output")
+            return None
         prediction = Prediction(
             fleet=self.config.fleet,
             device=self.config.device,
@@ -750,9 +975,7 @@ class EdgeAgent:
             cycle=self._current_cycle,
         )
         try:
-            self.transport.publish(
-                self.topics.prediction(self.config.device), encode_message(prediction)
-            )
+            self._publish(self.topics.prediction(self.config.device), encode_message(prediction))
         except TransportError as exc:
             self.stats.last_error = str(exc)
             return None

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS unit_head (
     PRIMARY KEY (unit, cycle)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS running_model (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    version INTEGER NOT NULL,
+    frame   BLOB    NOT NULL
+);
 """
 
 
@@ -207,6 +212,34 @@ class ReadingStore:
         unit, last = int(row[0]), int(row[1])
         failed = self._db.execute("SELECT 1 FROM units WHERE unit = ?", (unit,)).fetchone()
         return (unit + 1, 0) if failed else (unit, last + 1)
+
+    # The running global model ------------------------------------------------------------
+    def save_model(self, version: int, frame: bytes) -> None:
+        """Keep the running global model (its frame as received) and raise the version
+        floor in ``meta`` to ``version`` (the floor never goes down)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO running_model VALUES (0, ?, ?)", (version, frame)
+                )
+                floor = self.model_floor()
+                if floor is None or version > floor:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('model_version', ?)", (str(version),)
+                    )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot save the running model: {exc}") from exc
+
+    def load_model(self) -> tuple[int, bytes] | None:
+        """The running model saved by :meth:`save_model`: ``(version, frame)``, or None."""
+        row = self._db.execute("SELECT version, frame FROM running_model WHERE id = 0").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def model_floor(self) -> int | None:
+        """The highest global model version this device ever ran (None if none)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'model_version'").fetchone()
+        return None if row is None else int(row[0])
 
     def failed_units(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT unit FROM units ORDER BY unit")]

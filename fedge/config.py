@@ -24,7 +24,9 @@ from pydantic_settings import (
 )
 
 from fedge.errors import ConfigError
+from fedge.limits import AgentLimits
 from fedge.messages import Identifier, SensorName, TrainingConfig
+from fedge.signing.policy import SecurityMode, SecurityPolicy
 from fedge.spec import ModelSpec, feature_specs
 
 __all__ = [
@@ -96,23 +98,82 @@ class AgentSecurity(BaseModel):
     ``signing_key``: this device's Ed25519 private key (PEM); ``aggregator_public_key`` /
     ``operator_public_key``: the pinned public keys (base64 of the raw 32 bytes) whose
     signatures the agent accepts on models, rounds and maintenance events.
+
+    ``mode``: ``verify`` refuses every global model and round announcement not signed
+    by the pinned aggregator key; ``off`` (the demo, simulations) verifies nothing.
+    Left out, it is ``verify`` when ``aggregator_public_key`` is set, ``off``
+    otherwise (see :attr:`resolved_mode`). With a ``signing_key`` the agent signs
+    everything it publishes, in either mode.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    mode: SecurityMode | None = None
     signing_key: Path | None = None
     aggregator_public_key: Annotated[str, Field(max_length=64)] | None = None
     operator_public_key: Annotated[str, Field(max_length=64)] | None = None
 
+    @property
+    def resolved_mode(self) -> SecurityMode:
+        """``mode``, or ``verify`` if the aggregator key is configured, else ``off``."""
+        if self.mode is not None:
+            return self.mode
+        return "verify" if self.aggregator_public_key is not None else "off"
+
+    def policy(self) -> SecurityPolicy:
+        """The core's :class:`~fedge.signing.SecurityPolicy` of this section.
+
+        Raises ConfigError for mode ``verify`` without ``aggregator_public_key``, or a
+        key that is not one.
+        """
+        mode = self.resolved_mode
+        if mode == "verify" and self.aggregator_public_key is None:
+            raise ConfigError("security.mode 'verify' needs security.aggregator_public_key")
+        try:
+            return SecurityPolicy(
+                mode=mode,
+                private_key_path=self.signing_key,
+                aggregator_key=self.aggregator_public_key,
+            )
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]["msg"]
+            raise ConfigError(f"invalid [security]: {first}") from exc
+
 
 class ServiceSecurity(BaseModel):
     """``[security]`` of the aggregator or ingest: its signing key (aggregator only) and the
-    key registry (``keys/registry.json``) that names every device's public key."""
+    key registry (``keys/registry.json``) that names every device's public key.
+
+    ``mode``: ``verify`` refuses every update, status, telemetry message or prediction
+    not signed by its device's registered key; ``off`` verifies nothing. Left out, it
+    is ``verify`` when ``key_registry`` is set, ``off`` otherwise. With a
+    ``signing_key`` the aggregator signs its global models, announcements and summaries.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    mode: SecurityMode | None = None
     signing_key: Path | None = None
     key_registry: Path | None = None
+
+    @property
+    def resolved_mode(self) -> SecurityMode:
+        """``mode``, or ``verify`` if the key registry is configured, else ``off``."""
+        if self.mode is not None:
+            return self.mode
+        return "verify" if self.key_registry is not None else "off"
+
+    def policy(self) -> SecurityPolicy:
+        """The core's :class:`~fedge.signing.SecurityPolicy` of this section.
+
+        Raises ConfigError for mode ``verify`` without ``key_registry``.
+        """
+        mode = self.resolved_mode
+        if mode == "verify" and self.key_registry is None:
+            raise ConfigError("security.mode 'verify' needs security.key_registry")
+        return SecurityPolicy(
+            mode=mode, private_key_path=self.signing_key, registry_path=self.key_registry
+        )
 
 
 class FedgeSettings(BaseSettings):
@@ -167,6 +228,12 @@ class AgentConfig(FedgeSettings):
     # [source]: where readings come from: ``kind`` (a registered source plugin) plus that
     # source's options, validated by the source itself when the agent starts.
     source: dict[str, Any] = Field(default_factory=lambda: {"kind": "simulated"})
+    # [limits]: what the agent accepts from round announcements and global models.
+    limits: AgentLimits = AgentLimits()
+    # A new global model is scored on the device's held-out windows first and kept out
+    # if its RMSE is more than this much worse (relative: 0.5 = 50 % worse) than the
+    # running model's; None loads every model that passes the limits.
+    model_acceptance_margin: Annotated[float, Field(ge=0.0, le=100.0)] | None = 0.5
 
 
 def default_fleet_model() -> ModelSpec:

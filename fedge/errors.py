@@ -107,6 +107,11 @@ class RejectReason(StrEnum):
     WRONG_SIGNER = "wrong_signer"
     STALE = "stale"
     CLOCK_SKEW = "clock_skew"
+    # Why a device declines a round (a "decline" frame's reason), besides the features.
+    MODEL_REFUSED = "model_refused"
+    """The device refused the round's base model (it keeps its last good model)."""
+    TRAIN_TIMEOUT = "train_timeout"
+    """Local training ran past the device's time budget for the round."""
 
 
 class FedgeError(Exception):
@@ -191,8 +196,10 @@ class UpdateRejectedError(FedgeError):
 class IngestReject(StrEnum):
     """Why an ingested message (or a single reading) was not written (counted per reason).
 
-    The first nine are decided by the pure rules (:mod:`fedge.ingest_rules`) from the
-    message alone; the last three by the ingest service's I/O loop.
+    All but the last three are decided by the pure rules (:mod:`fedge.ingest_rules`)
+    from the message alone; the last three by the ingest service's I/O loop. The
+    signature reasons (``unsigned`` ... ``clock_skew``) are those of
+    :class:`RejectReason` for a message that failed verification.
     """
 
     BAD_TOPIC = "bad_topic"
@@ -204,6 +211,12 @@ class IngestReject(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
     FUTURE_TIMESTAMP = "future_timestamp"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_SIGNER = "wrong_signer"
+    REPLAY = "replay"
+    STALE = "stale"
+    CLOCK_SKEW = "clock_skew"
     QUEUE_FULL = "queue_full"
     SINK_REFUSED = "sink_refused"
     INTERNAL = "internal"
@@ -254,6 +267,13 @@ class RefusalReason(StrEnum):
     VERSION_ROLLBACK = "version_rollback"
     VERSION_REPEAT = "version_repeat"
     VERSION_JUMP = "version_jump"
+    NON_FINITE_OUTPUT = "non_finite_output"
+    """A smoke forward pass on a stored window gave NaN or infinity."""
+    OUTPUT_OUT_OF_RANGE = "output_out_of_range"
+    """A smoke forward pass predicted an absurd RUL (beyond any machine's life)."""
+    WORSE_ON_HOLDOUT = "worse_on_holdout"
+    """The model's RMSE on the device's held-out data exceeds the running model's by
+    more than the acceptance margin."""
 
 
 class RefusedError(FedgeError):

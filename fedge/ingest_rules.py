@@ -8,11 +8,18 @@ value when the message arrived, and returns :class:`Accepted` (the points),
 I/O loop (``aggregator.ingest.IngestService``) queues messages, calls this and
 writes the points.
 
-Checks, in order: topic, fleet of the topic, size, JSON/schema, fleet and device of
-the payload against the topic, device allowlist, timestamps (the wire models
-already bound them to 2000–2100; readings more than ``max_future_s`` ahead of
+Checks, in order: topic, fleet of the topic, size, signature (security mode
+``verify``: the device's key from the registry, or the aggregator's for round
+summaries; telemetry, predictions and summaries also pass a
+:class:`~fedge.signing.ReplayGuard`, so a nonce is taken once and only while
+fresh; an ``online`` status must be fresh and no older than the device's last,
+:class:`~fedge.signing.StatusStamps`), JSON/schema, fleet and device of the
+payload against the topic, device allowlist, timestamps (the wire models already
+bound them to 2000–2100; readings more than ``max_future_s`` ahead of
 ``received_at`` are refused one by one, a message whose every reading is ahead
-as a whole).
+as a whole). A message that fails verification is refused under its signature
+reason (``unsigned``, ``bad_signature``, ``unknown_device``, ``replay``, ...) and
+nothing of it is stored. In mode ``off`` signed envelopes are unwrapped unchecked.
 
 De-duplication (:class:`Deduplicator`): QoS 1 redelivers messages, so each device
 keeps a bounded window of recently seen sequence numbers with their device
@@ -39,6 +46,8 @@ from fedge.errors import (
     IngestReject,
     IngestRejectedError,
     MessageError,
+    RejectReason,
+    SignatureError,
     SinkError,
     TopicError,
 )
@@ -60,6 +69,7 @@ from fedge.points import (
     telemetry_lines,
     telemetry_points,
 )
+from fedge.signing import Authenticator, ReplayGuard, StatusStamps
 from fedge.topics import TopicKind, parse_topic
 
 __all__ = [
@@ -73,6 +83,23 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", TelemetryBatch, Prediction, DeviceStatus, RoundSummary)
+
+_INGESTED = frozenset(
+    {TopicKind.TELEMETRY, TopicKind.PREDICTION, TopicKind.STATUS, TopicKind.ROUND_SUMMARY}
+)
+
+# A signature failure, as the ingest counts it.
+_SIGNATURE_REJECT = {
+    RejectReason.UNSIGNED: IngestReject.UNSIGNED,
+    RejectReason.BAD_SIGNATURE: IngestReject.BAD_SIGNATURE,
+    RejectReason.WRONG_SIGNER: IngestReject.WRONG_SIGNER,
+    RejectReason.UNKNOWN_DEVICE: IngestReject.UNKNOWN_DEVICE,
+    RejectReason.REPLAY: IngestReject.REPLAY,
+    RejectReason.STALE: IngestReject.STALE,
+    RejectReason.CLOCK_SKEW: IngestReject.CLOCK_SKEW,
+    RejectReason.TOPIC_MISMATCH: IngestReject.TOPIC_MISMATCH,
+    RejectReason.TOO_LARGE: IngestReject.TOO_LARGE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +217,14 @@ class IngestRules:
         dedup_window: int = 4096,
         max_tracked_devices: int = 100_000,
         telemetry_as_lines: bool = False,
+        authenticator: Authenticator | None = None,
+        replay_guard: ReplayGuard | None = None,
+        status_stamps: StatusStamps | None = None,
     ) -> None:
         self.fleet = fleet
+        self.authenticator = authenticator or Authenticator("off")
+        self.replay_guard = replay_guard or ReplayGuard()
+        self.status_stamps = status_stamps or StatusStamps()
         self.known_devices = None if known_devices is None else frozenset(known_devices)
         self.max_message_bytes = max_message_bytes
         self.max_future_s = max_future_s
@@ -214,16 +247,44 @@ class IngestRules:
         if parsed.kind is TopicKind.STATUS and not payload:
             # An empty retained payload clears a decommissioned device's status.
             return Ignored(f"{topic}: retained status cleared")
+        # A signed envelope carries the message as a JSON string: at most twice as long.
+        envelope_limit = 2 * self.max_message_bytes + 1024
+        if len(payload) > envelope_limit:
+            raise IngestRejectedError(
+                IngestReject.TOO_LARGE,
+                f"{len(payload)} bytes on {topic} (limit {envelope_limit})",
+            )
+        payload, signed_at = self._open(parsed.kind, topic, payload, received_at)
         if len(payload) > self.max_message_bytes:
             raise IngestRejectedError(
                 IngestReject.TOO_LARGE,
                 f"{len(payload)} bytes on {topic} (limit {self.max_message_bytes})",
             )
         try:
-            return self._convert(parsed.kind, parsed.device, topic, payload, received_at)
+            return self._convert(parsed.kind, parsed.device, topic, payload, received_at, signed_at)
         except (MessageError, SinkError) as exc:
             # Decoded fine but cannot become points (reserved sensor name, bad field key).
             raise IngestRejectedError(IngestReject.INVALID_SCHEMA, f"{topic}: {exc}") from exc
+
+    def _open(
+        self, kind: TopicKind, topic: str, payload: bytes, received_at: float
+    ) -> tuple[bytes, float | None]:
+        """The message inside ``payload``, authenticated; its signed stamp (None if off)."""
+        if kind not in _INGESTED:
+            return payload, None  # refused as UNEXPECTED_TOPIC by _convert
+        # Retained statuses carry no replay guard (StatusStamps checks them after decoding).
+        guard = None if kind is TopicKind.STATUS else self.replay_guard
+        try:
+            return self.authenticator.open_stamped(
+                payload,
+                topic,
+                now=received_at,
+                guard=guard,
+                max_bytes=2 * self.max_message_bytes + 1024,
+            )
+        except SignatureError as exc:
+            reject = _SIGNATURE_REJECT.get(exc.reason, IngestReject.MALFORMED_JSON)
+            raise IngestRejectedError(reject, f"{topic}: {exc.detail}") from exc
 
     def _convert(
         self,
@@ -232,6 +293,7 @@ class IngestRules:
         topic: str,
         payload: bytes,
         received_at: float,
+        signed_at: float | None = None,
     ) -> Accepted:
         match kind:
             case TopicKind.TELEMETRY:
@@ -246,6 +308,8 @@ class IngestRules:
             case TopicKind.STATUS:
                 status = self._decode(DeviceStatus, topic, payload)
                 self._check_origin(status.fleet, status.device, topic_device, topic)
+                if signed_at is not None:
+                    self._check_stamp(status, signed_at, received_at, topic)
                 if status.ts is not None:
                     self._check_future(status.ts, received_at, topic)
                 return Accepted(health_points(status, received_at=received_at))
@@ -283,6 +347,17 @@ class IngestRules:
             raise IngestRejectedError(
                 IngestReject.UNKNOWN_DEVICE, f"{topic}: device {device!r} not allowed"
             )
+
+    def _check_stamp(
+        self, status: DeviceStatus, signed_at: float, received_at: float, topic: str
+    ) -> None:
+        try:
+            self.status_stamps.check(
+                status.device, signed_at, online=status.state == "online", now=received_at
+            )
+        except SignatureError as exc:
+            reject = _SIGNATURE_REJECT.get(exc.reason, IngestReject.STALE)
+            raise IngestRejectedError(reject, f"{topic}: {exc.detail}") from exc
 
     def _check_future(self, ts: float, received_at: float, topic: str) -> None:
         if ts > received_at + self.max_future_s:

@@ -15,11 +15,14 @@ Two kinds of answer:
   :class:`~fedge.errors.RefusalReason`.
 
 What no bound can catch is a sane-looking but hostile model (say, negated weights):
-only the aggregator's signature rules that out.
+the aggregator's signature rules out forgeries, and :func:`check_holdout_score`
+keeps out a signed model that is much worse on the device's own held-out data
+(a poisoned round, a bad server step).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Self
@@ -39,6 +42,7 @@ __all__ = [
     "AgentLimits",
     "check_announcement",
     "check_global_model",
+    "check_holdout_score",
     "check_stats_rows",
 ]
 
@@ -291,3 +295,26 @@ def check_global_model(
                 RefusalReason.WEIGHT_OUT_OF_RANGE,
                 f"|{name}| reaches {peak:g}, allowed {limits.max_abs_weight:g}",
             )
+
+
+def check_holdout_score(candidate_rmse: float, running_rmse: float, *, margin: float) -> None:
+    """Refuse (WORSE_ON_HOLDOUT) a model whose held-out RMSE is more than ``margin`` worse.
+
+    ``margin`` is relative: 0.5 refuses a candidate whose RMSE exceeds 1.5 x the
+    running model's on the same windows. A non-finite candidate RMSE is refused
+    (NON_FINITE_OUTPUT); a non-finite running RMSE (nothing to compare with) lets
+    any finite candidate in.
+    """
+    if not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be a non-negative number, got {margin!r}")
+    if not math.isfinite(candidate_rmse):
+        raise RefusedError(RefusalReason.NON_FINITE_OUTPUT, f"held-out RMSE is {candidate_rmse!r}")
+    if not math.isfinite(running_rmse):
+        return
+    limit = running_rmse * (1.0 + margin)
+    if candidate_rmse > limit:
+        raise RefusedError(
+            RefusalReason.WORSE_ON_HOLDOUT,
+            f"held-out RMSE {candidate_rmse:.3f} vs {running_rmse:.3f} of the running model "
+            f"(limit {limit:.3f} at margin {margin:g})",
+        )

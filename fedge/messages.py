@@ -94,6 +94,10 @@ class DeviceStatus(WireModel):
     # lacks feature bearing_temp"), and the state of its sensor source.
     last_error: Annotated[str, Field(max_length=300)] | None = None
     source_state: Annotated[str, Field(max_length=32)] | None = None
+    # The newest global model the device refused (it keeps predicting with its last
+    # good model) and why: a fedge.errors.RefusalReason value.
+    refused_model_version: NonNegInt | None = None
+    refused_reason: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,64}$")] | None = None
 
 
 class Reading(WireModel):

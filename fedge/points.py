@@ -23,40 +23,42 @@ measurement        tags                                    point time
 
 Fields (types never change within a measurement; * = only when known):
 
-=================  =========================  ======  ==========================================
-measurement        field                      type    meaning
-=================  =========================  ======  ==========================================
-``telemetry``      ``<sensor>``               float   one field per sensor in the reading
-``telemetry``      ``seq``                    int     per-device sequence number
-``telemetry``      ``cycle``*                 int     operating cycle of the machine
-``prediction``     ``rul``                    float   predicted remaining useful life (cycles)
-``prediction``     ``failure_probability``    float   probability of failure within horizon
-``prediction``     ``model_version``          int     global model version used
-``prediction``     ``horizon``                int     horizon of the probability (cycles)
-``prediction``     ``alert``                  bool    the agent raised an alert
-``prediction``     ``unit``*                  int     machine unit the window came from
-``prediction``     ``cycle``*                 int     cycle of the window's last reading
-``device_health``  ``online``                 int     1 online, 0 offline
-``device_health``  ``buffer_depth``*          int     readings waiting in the agent's buffer
-``device_health``  ``cpu_percent``*           float   agent CPU use
-``device_health``  ``memory_mb``*             float   agent memory use
-``device_health``  ``model_version``*         int     model version on the device
-``device_health``  ``agent_version``*         string  agent software version
-``fl_round``       ``round_id``               int     round number
-``fl_round``       ``version``                int     global model version after the round
-``fl_round``       ``participants``           int     accepted updates
-``fl_round``       ``rejected``               int     rejected updates
-``fl_round``       ``rejected_<reason>``      int     rejected updates per reason
-``fl_round``       ``num_examples``           int     training examples behind the updates
-``fl_round``       ``val_examples``           int     validation examples
-``fl_round``       ``bytes_received``         int     update bytes received
-``fl_round``       ``duration_s``             float   wall time of the round
-``fl_round``       ``train_loss``*            float   weighted mean training loss
-``fl_round``       ``val_error``*             float   validation error (RMSE)
-``alert``          ``rul``                    float   as in ``prediction``
-``alert``          ``failure_probability``    float   as in ``prediction``
-``alert``          ``message``                string  human-readable summary
-=================  =========================  ======  ==========================================
+=================  ==========================  ======  ==========================================
+measurement        field                       type    meaning
+=================  ==========================  ======  ==========================================
+``telemetry``      ``<sensor>``                float   one field per sensor in the reading
+``telemetry``      ``seq``                     int     per-device sequence number
+``telemetry``      ``cycle``*                  int     operating cycle of the machine
+``prediction``     ``rul``                     float   predicted remaining useful life (cycles)
+``prediction``     ``failure_probability``     float   probability of failure within horizon
+``prediction``     ``model_version``           int     global model version used
+``prediction``     ``horizon``                 int     horizon of the probability (cycles)
+``prediction``     ``alert``                   bool    the agent raised an alert
+``prediction``     ``unit``*                   int     machine unit the window came from
+``prediction``     ``cycle``*                  int     cycle of the window's last reading
+``device_health``  ``online``                  int     1 online, 0 offline
+``device_health``  ``buffer_depth``*           int     readings waiting in the agent's buffer
+``device_health``  ``cpu_percent``*            float   agent CPU use
+``device_health``  ``memory_mb``*              float   agent memory use
+``device_health``  ``model_version``*          int     model version on the device
+``device_health``  ``agent_version``*          string  agent software version
+``device_health``  ``refused_model_version``*  int     newest global model the device refused
+``device_health``  ``refused_reason``*         string  why (a RefusalReason value)
+``fl_round``       ``round_id``                int     round number
+``fl_round``       ``version``                 int     global model version after the round
+``fl_round``       ``participants``            int     accepted updates
+``fl_round``       ``rejected``                int     rejected updates
+``fl_round``       ``rejected_<reason>``       int     rejected updates per reason
+``fl_round``       ``num_examples``            int     training examples behind the updates
+``fl_round``       ``val_examples``            int     validation examples
+``fl_round``       ``bytes_received``          int     update bytes received
+``fl_round``       ``duration_s``              float   wall time of the round
+``fl_round``       ``train_loss``*             float   weighted mean training loss
+``fl_round``       ``val_error``*              float   validation error (RMSE)
+``alert``          ``rul``                     float   as in ``prediction``
+``alert``          ``failure_probability``     float   as in ``prediction``
+``alert``          ``message``                 string  human-readable summary
+=================  ==========================  ======  ==========================================
 
 Rules that keep InfluxDB happy:
 
@@ -529,6 +531,8 @@ def health_points(status: DeviceStatus, *, received_at: float) -> list[Point]:
                 "memory_mb": opt_float(status.memory_mb),
                 "model_version": opt_int(status.model_version),
                 "agent_version": status.agent_version or None,
+                "refused_model_version": opt_int(status.refused_model_version),
+                "refused_reason": status.refused_reason or None,
             },
             seconds_to_ns(ts),
         )

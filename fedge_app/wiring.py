@@ -5,6 +5,13 @@ so the three can no longer drift apart (before this module only the CLI passed
 ``store_max_readings`` to the agent's store). Each builder takes the transport
 as a parameter: the caller decides between MQTT (:func:`mqtt_transport`) and the
 in-memory broker.
+
+Security (``[security]`` of each config, written by ``fedge broker provision``): the
+key files named there are read here, once, and handed to the services as
+:class:`~fedge.signing.Authenticator` (what they verify) and
+:class:`~fedge.signing.Signer` (what they sign). Mode ``verify`` is the default
+whenever the verifying keys are configured, ``off`` otherwise (the demo and the
+simulations configure none); see :class:`~fedge.config.AgentSecurity`.
 """
 
 from __future__ import annotations
@@ -23,19 +30,64 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SensorSource, source_from_table
 from edge_agent.sources.base import BaseSource
 from edge_agent.store import ReadingStore
-from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig
+from fedge.config import (
+    AgentConfig,
+    AgentSecurity,
+    AggregatorConfig,
+    BrokerEndpoint,
+    IngestConfig,
+    ServiceSecurity,
+)
+from fedge.errors import ConfigError
 from fedge.messages import RoundSummary
+from fedge.signing import AGGREGATOR_SIGNER, Authenticator, Signer
 from fedge.transport import Transport
 
 __all__ = [
     "agent_client_id",
+    "agent_security",
     "agent_source",
     "aggregator_client_id",
     "build_agent",
     "build_aggregator",
     "build_ingest",
     "mqtt_transport",
+    "service_security",
 ]
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    """The bytes of a key file named in ``[security]``; ConfigError if unreadable."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def agent_security(security: AgentSecurity, *, device: str) -> tuple[Authenticator, Signer]:
+    """What a device verifies (the pinned aggregator key) and signs with (its own key).
+
+    Raises ConfigError for a missing or bad key file, or mode ``verify`` without keys.
+    """
+    policy = security.policy()
+    pem = _read(security.signing_key, "signing key")
+    return policy.authenticator(None), Signer(policy.signing_key(pem, signer=device))
+
+
+def service_security(
+    security: ServiceSecurity, *, fleet: str, signer: str | None
+) -> tuple[Authenticator, Signer]:
+    """What the aggregator (``signer="aggregator"``) or ingest (``signer=None``: it signs
+    nothing) verifies, from the key registry file, and signs with."""
+    policy = security.policy()
+    registry = _read(security.key_registry, "key registry")
+    authenticator = policy.authenticator(registry, fleet=fleet)
+    if signer is None:
+        return authenticator, Signer()
+    pem = _read(security.signing_key, "signing key")
+    return authenticator, Signer(policy.signing_key(pem, signer=signer))
 
 
 def agent_client_id(config: AgentConfig) -> str:
@@ -76,14 +128,22 @@ def build_agent(
     history_units: int = 0,
     store_path: Path | None = None,
 ) -> EdgeAgent:
-    """An edge agent with its store opened as the config says (path, size bound)."""
+    """An edge agent with its store opened as the config says (path, size bound) and
+    its keys loaded from ``config.security``."""
+    authenticator, signer = agent_security(config.security, device=config.device)
     store = ReadingStore(
         store_path or config.store_path,
         n_features=len(source.sensor_names),
         max_readings=config.store_max_readings,
     )
     return EdgeAgent(
-        config, transport=transport, source=source, store=store, history_units=history_units
+        config,
+        transport=transport,
+        source=source,
+        store=store,
+        history_units=history_units,
+        authenticator=authenticator,
+        signer=signer,
     )
 
 
@@ -94,12 +154,18 @@ def build_aggregator(
     checkpoint_dir: Path | None = None,
     on_round: Callable[[RoundSummary], None] | None = None,
 ) -> AggregatorService:
-    """The aggregator service with its checkpoint store (``config.checkpoint_dir`` by default)."""
+    """The aggregator service with its checkpoint store (``config.checkpoint_dir`` by
+    default) and its keys loaded from ``config.security``."""
+    authenticator, signer = service_security(
+        config.security, fleet=config.fleet, signer=AGGREGATOR_SIGNER
+    )
     return AggregatorService(
         config,
         transport=transport,
         checkpoints=CheckpointStore(checkpoint_dir or config.checkpoint_dir),
         on_round=on_round,
+        authenticator=authenticator,
+        signer=signer,
     )
 
 
@@ -110,6 +176,7 @@ def build_ingest(
 
     The caller owns the sink: stop the service, then close the sink.
     """
+    authenticator, _ = service_security(config.security, fleet=config.fleet, signer=None)
     sink = sink if sink is not None else open_sink(config)
     service = IngestService(
         transport,
@@ -117,5 +184,6 @@ def build_ingest(
         fleet=config.fleet,
         known_devices=config.known_devices,
         shared_group=config.shared_group,
+        authenticator=authenticator,
     )
     return service, sink

@@ -23,6 +23,7 @@ telemetry, prediction, summary  guard: nonce once, ``ts`` within [now-max_age, n
 ``devices/<d>/status``          no guard: retained, and the last will is signed at connect
                                 time, so it is old when published; keep the newest ``ts``
                                 per device, but take ``offline`` whatever its age
+                                (:class:`StatusStamps`)
 ``rounds/current``              no guard: retained; the agent ignores round ids it has
                                 handled and expired deadlines (:mod:`fedge.limits`)
 update frames                   signed header binds round id, base version and device;
@@ -57,12 +58,15 @@ from fedge.signing.frames import (
     verify_frame,
 )
 from fedge.signing.keys import AGGREGATOR_SIGNER, KeyRegistry, SigningKey, VerifyKey
+from fedge.signing.outbound import FRAME_TOPICS, Signer
 from fedge.signing.policy import Authenticator, SecurityMode, SecurityPolicy
 from fedge.signing.replay import ReplayGuard
+from fedge.signing.status import StatusStamps
 
 __all__ = [
     "AGGREGATOR_SIGNER",
     "FRAME_CONTEXT",
+    "FRAME_TOPICS",
     "MAX_ENVELOPE_BYTES",
     "MESSAGE_CONTEXT",
     "Authenticator",
@@ -73,7 +77,9 @@ __all__ = [
     "SecurityPolicy",
     "SignedEnvelope",
     "SignedMessage",
+    "Signer",
     "SigningKey",
+    "StatusStamps",
     "VerifyKey",
     "expected_signer",
     "frame_signature",

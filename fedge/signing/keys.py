@@ -1,9 +1,14 @@
 """Ed25519 key material for signed frames and messages (pure: takes bytes, never files).
 
 Provisioning writes one PEM key pair per device and one for the aggregator, plus a
-registry of public keys::
+registry of public keys (``broker.signing_keys`` writes it)::
 
-    {"aggregator": "<base64 raw 32-byte key>", "devices": {"<device id>": "<base64>"}}
+    {"version": 1, "fleet": "plant-7", "algorithm": "ed25519",
+     "aggregator": "<base64 raw 32-byte key>", "operator": "<base64>",
+     "devices": {"<device id>": "<base64>"}}
+
+``version``, ``fleet``, ``algorithm`` and ``operator`` may be left out (test
+registries); when present they must be 1, the receiver's fleet and ``ed25519``.
 
 The app layer reads those files and hands the bytes to the constructors here; every
 problem with key material is a :class:`~fedge.errors.ConfigError`. The crypto is the
@@ -18,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Annotated
+from typing import Annotated, Literal
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -149,7 +154,11 @@ class SigningKey:
 class _RegistryFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    version: Literal[1] | None = None
+    fleet: Identifier | None = None
+    algorithm: Literal["ed25519"] | None = None
     aggregator: str = Field(max_length=128)
+    operator: Annotated[str, Field(max_length=128)] | None = None
     devices: dict[Identifier, Annotated[str, Field(max_length=128)]] = Field(
         default_factory=dict, max_length=100_000
     )
@@ -171,10 +180,14 @@ class KeyRegistry:
         object.__setattr__(self, "devices", MappingProxyType(dict(self.devices)))
 
     @classmethod
-    def from_json(cls, data: bytes, *, pinned_aggregator: str | None = None) -> KeyRegistry:
-        """Parse ``keys/registry.json``; ``pinned_aggregator`` (base64) must match if given.
+    def from_json(
+        cls, data: bytes, *, pinned_aggregator: str | None = None, fleet: str | None = None
+    ) -> KeyRegistry:
+        """Parse ``keys/registry.json``; ``pinned_aggregator`` (base64) must match if given,
+        and so must ``fleet`` if both it and the file name one.
 
-        Pinning lets an agent refuse a registry file whose aggregator key was swapped.
+        Pinning lets an agent refuse a registry file whose aggregator key was swapped;
+        the fleet check, a service started with another fleet's registry.
         """
         try:
             parsed = _RegistryFile.model_validate_json(data)
@@ -182,7 +195,11 @@ class KeyRegistry:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"]) or "<root>"
             raise ConfigError(f"invalid key registry: {where}: {first['msg']}") from exc
+        if fleet is not None and parsed.fleet is not None and parsed.fleet != fleet:
+            raise ConfigError(f"key registry is fleet {parsed.fleet!r}, not {fleet!r}")
         aggregator = VerifyKey.from_base64(parsed.aggregator)
+        if parsed.operator is not None:
+            VerifyKey.from_base64(parsed.operator)  # ConfigError if not a key
         if pinned_aggregator is not None and (
             VerifyKey.from_base64(pinned_aggregator).raw != aggregator.raw
         ):

@@ -62,14 +62,19 @@ class SecurityPolicy(BaseModel):
             capacity=self.replay_capacity,
         )
 
-    def registry(self, registry_json: bytes | None) -> KeyRegistry | None:
-        """The trusted keys: the registry file's bytes, checked against the pinned key.
+    def registry(
+        self, registry_json: bytes | None, *, fleet: str | None = None
+    ) -> KeyRegistry | None:
+        """The trusted keys: the registry file's bytes, checked against the pinned key
+        (and against ``fleet``, if the file names one).
 
         Without a registry file, an agent can still verify the aggregator from the
         pinned key alone (it needs no device keys). None in mode ``off`` with neither.
         """
         if registry_json is not None:
-            return KeyRegistry.from_json(registry_json, pinned_aggregator=self.aggregator_key)
+            return KeyRegistry.from_json(
+                registry_json, pinned_aggregator=self.aggregator_key, fleet=fleet
+            )
         if self.aggregator_key is not None:
             return KeyRegistry(VerifyKey.from_base64(self.aggregator_key))
         if self.mode == "verify":
@@ -84,9 +89,11 @@ class SecurityPolicy(BaseModel):
             raise ConfigError(f"mode 'verify' needs a private key for {signer!r}")
         return None
 
-    def authenticator(self, registry_json: bytes | None) -> Authenticator:
+    def authenticator(
+        self, registry_json: bytes | None, *, fleet: str | None = None
+    ) -> Authenticator:
         """The receiving side of this policy."""
-        return Authenticator(self.mode, self.registry(registry_json))
+        return Authenticator(self.mode, self.registry(registry_json, fleet=fleet))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,29 @@ class Authenticator:
         return verify_message(
             data, topic, self.registry, now=now, guard=guard, max_bytes=max_bytes
         ).payload
+
+    def open_stamped(
+        self,
+        data: bytes,
+        topic: str,
+        *,
+        now: float,
+        guard: ReplayGuard | None = None,
+        max_bytes: int = MAX_ENVELOPE_BYTES,
+    ) -> tuple[bytes, float | None]:
+        """:meth:`open_message`, and the signer's verified timestamp (None in mode off).
+
+        For retained topics without a guard (device status), where the receiver keeps
+        the newest stamp per signer itself (:class:`~fedge.signing.StatusStamps`).
+        """
+        if self.mode == "off":
+            return unwrap_message(data, max_bytes=max_bytes), None
+        if self.registry is None:  # pragma: no cover - __post_init__ forbids it
+            raise ConfigError("verify mode without a registry")
+        signed = verify_message(
+            data, topic, self.registry, now=now, guard=guard, max_bytes=max_bytes
+        )
+        return signed.payload, signed.ts
 
     def check_frame(
         self, frame: bytes, topic: str, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES

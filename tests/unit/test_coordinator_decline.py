@@ -63,9 +63,9 @@ def test_declines_for_another_round_or_device_or_twice_are_refused() -> None:
     }
 
 
-def test_an_unknown_decline_reason_is_counted_as_declined() -> None:
+def test_a_decline_reason_is_counted_as_the_device_gives_it() -> None:
     coord = make()
     rid = three_expected(coord)
     assert coord.open is not None
     reply(coord, "pump-03", decline("pump-03", rid, reason="busy_elsewhere", detail="x"))
-    assert dict(coord.open.rejected) == {"declined": 1}
+    assert dict(coord.open.rejected) == {"busy_elsewhere": 1}

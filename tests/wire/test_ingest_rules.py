@@ -11,6 +11,7 @@ import pytest
 from fedge.errors import FedgeError, IngestReject, IngestRejectedError
 from fedge.ingest_rules import Accepted, Ignored, IngestRules
 from fedge.points import PointBatch
+from fedge.signing import Authenticator, KeyRegistry, SigningKey, sign_message
 
 NOW = 1_750_000_000.0  # the ingest clock: 2025-06-15T15:06:40Z
 TELEMETRY = "fedge/v1/demo/devices/pump-01/telemetry"
@@ -154,9 +155,110 @@ def test_each_reason_of_the_rules(reason: IngestReject, topic: str, payload: byt
     assert str(error).startswith(f"{reason.value}: ")
 
 
+# Security mode "verify": the signature reasons --------------------------------------------
+PUMP_01 = SigningKey.from_seed(bytes(range(32)), signer="pump-01")
+PUMP_02 = SigningKey.from_seed(bytes(range(1, 33)), signer="pump-02")
+AGGREGATOR = SigningKey.from_seed(bytes(range(100, 132)), signer="aggregator")
+REGISTRY = KeyRegistry(
+    AGGREGATOR.verify_key, {"pump-01": PUMP_01.verify_key, "pump-02": PUMP_02.verify_key}
+)
+NONCE = "0123456789abcdef0123456789abcdef"
+
+
+def verifying(**kwargs: object) -> IngestRules:
+    return rules(authenticator=Authenticator("verify", REGISTRY), **kwargs)
+
+
+def signed(
+    payload: bytes,
+    *,
+    key: SigningKey = PUMP_01,
+    topic: str = TELEMETRY,
+    ts: float = NOW - 1.0,
+    nonce: str = NONCE,
+) -> bytes:
+    return sign_message(payload, key, topic, now=ts, nonce=nonce)
+
+
+def _tampered() -> bytes:
+    envelope = signed(ONE)
+    return envelope.replace(b'\\"t\\":1', b'\\"t\\":9')
+
+
+SIGNED_CASES = [
+    (IngestReject.UNSIGNED, ONE),
+    (IngestReject.BAD_SIGNATURE, _tampered()),
+    (IngestReject.WRONG_SIGNER, signed(ONE, key=PUMP_02)),
+    (IngestReject.STALE, signed(ONE, ts=NOW - 301.0)),  # the guard's window is 300 s
+    (IngestReject.CLOCK_SKEW, signed(ONE, ts=NOW + 31.0)),  # 30 s of skew allowed
+]
+
+
+@pytest.mark.parametrize(
+    ("reason", "payload"), SIGNED_CASES, ids=[c[0].value for c in SIGNED_CASES]
+)
+def test_each_signature_reason(reason: IngestReject, payload: bytes) -> None:
+    assert reject(verifying(), TELEMETRY, payload).reason is reason
+
+
+def test_signed_telemetry_is_accepted_once_then_a_replay() -> None:
+    r = verifying()
+    envelope = signed(TWO_READINGS)
+    assert as_lines(accept(r, TELEMETRY, envelope)) == TWO_LINES
+    assert reject(r, TELEMETRY, envelope).reason is IngestReject.REPLAY
+    # The same readings under a fresh nonce are redeliveries: duplicates, not points.
+    again = accept(r, TELEMETRY, signed(TWO_READINGS, nonce="f" * 32))
+    assert (list(again.points), again.duplicates) == ([], 2)
+
+
+def test_verify_mode_checks_every_ingested_topic() -> None:
+    r = verifying()
+    prediction = (
+        b'{"fleet":"demo","device":"pump-01","ts":1749999995,"model_version":3,'
+        b'"rul":12.5,"failure_probability":0.1,"horizon":20}'
+    )
+    summary = (
+        b'{"fleet":"demo","round_id":2,"task":"train","ts":1749999998,"outcome":"completed",'
+        b'"version":3,"participants":2}'
+    )
+    assert reject(r, PREDICTION, prediction).reason is IngestReject.UNSIGNED
+    assert len(accept(r, PREDICTION, signed(prediction, topic=PREDICTION)).points) == 1
+    # A summary is the aggregator's: a device's key does not do.
+    assert reject(r, SUMMARY, signed(summary, topic=SUMMARY)).reason is IngestReject.WRONG_SIGNER
+    assert len(accept(r, SUMMARY, signed(summary, key=AGGREGATOR, topic=SUMMARY)).points) == 1
+    # A device without a registered key is unknown, however well it signs.
+    ghost = SigningKey.from_seed(bytes(range(5, 37)), signer="pump-02")
+    topic = "fedge/v1/demo/devices/pump-02/telemetry"
+    forged = signed(ONE.replace(b"pump-01", b"pump-02"), key=ghost, topic=topic)
+    assert reject(r, topic, forged).reason is IngestReject.BAD_SIGNATURE
+
+
+def test_signed_statuses_keep_the_newest_and_fresh_online_only() -> None:
+    r = verifying()
+    online = b'{"fleet":"demo","device":"pump-01","state":"online","ts":1749999990}'
+    offline = b'{"fleet":"demo","device":"pump-01","state":"offline"}'
+    newer = signed(online, topic=STATUS, ts=NOW - 5.0, nonce="1" * 32)
+    older = signed(online, topic=STATUS, ts=NOW - 10.0, nonce="2" * 32)
+    assert accept(r, STATUS, newer).points
+    assert reject(r, STATUS, older).reason is IngestReject.STALE  # a replayed older online
+    # The last will is signed when the agent connects: old when published, still taken.
+    will = signed(offline, topic=STATUS, ts=NOW - 3600.0, nonce="3" * 32)
+    assert accept(r, STATUS, will).points
+    stale = signed(online, topic=STATUS, ts=NOW - 301.0, nonce="4" * 32)
+    assert reject(verifying(), STATUS, stale).reason is IngestReject.STALE
+    # The same retained status delivered again (a resubscribe) is not refused.
+    assert accept(r, STATUS, newer).points
+
+
+def test_off_mode_unwraps_signed_messages_unchecked() -> None:
+    assert as_lines(accept(rules(), TELEMETRY, signed(TWO_READINGS, key=PUMP_02))) == TWO_LINES
+
+
 def test_the_cases_cover_every_reason_the_rules_can_give() -> None:
     service_only = {IngestReject.QUEUE_FULL, IngestReject.SINK_REFUSED, IngestReject.INTERNAL}
-    assert [c[0] for c in CASES] == [r for r in IngestReject if r not in service_only]
+    signature = [c[0] for c in SIGNED_CASES] + [IngestReject.REPLAY]  # REPLAY: test above
+    covered = [c[0] for c in CASES] + signature
+    assert sorted(covered) == sorted(r for r in IngestReject if r not in service_only)
 
 
 def test_wrong_fleet_in_the_topic_is_refused_before_the_payload_is_read() -> None:
