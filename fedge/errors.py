@@ -89,8 +89,6 @@ class RejectReason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     MISSING_FEATURE = "missing_feature"
     NON_NUMERIC_FEATURE = "non_numeric_feature"
-    # A device declined the round for a reason it did not name in this list.
-    DECLINED = "declined"
     CODEC_MISMATCH = "codec_mismatch"
     """The frame's codec is not the one the round announced."""
     # Chunked frames (fedge.chunking): why a chunk or a whole transfer was dropped.
