@@ -515,6 +515,8 @@ class EdgeAgent:
         if ann.round_id in self._answered or self.clock() > ann.deadline:
             self._pending_round = None
             return
+        if ann.selected is not None and self.config.device not in ann.selected:
+            return  # a sampled round that did not pick this device
         spec = ann.model or (self.model.spec if self.model is not None else None)
         try:
             if spec is not None:
