@@ -1,8 +1,10 @@
-"""The ``fedge`` command line (typer): demo, agent, aggregator, broker."""
+"""The ``fedge`` command line (typer): demo, agent, aggregator, broker, status."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -244,8 +246,16 @@ def demo(
         raise typer.Exit(code=1)
 
 
-@app.command()
+agent_app = typer.Typer(
+    help="Run an edge agent (the options below), or inspect one: `fedge agent status`.",
+    invoke_without_command=True,
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback()
 def agent(
+    ctx: typer.Context,
     device: Annotated[str | None, typer.Option(help="Device id (unique in the fleet).")] = None,
     config: ConfigOpt = None,
     broker: BrokerOpt = None,
@@ -271,6 +281,8 @@ def agent(
     training engines: all but the last of --engines are history (run to failure),
     the last is streamed live, cycle by cycle, as this device's machine.
     """
+    if ctx.invoked_subcommand is not None:
+        return  # `fedge agent status` etc.: the subcommand does the work
     from edge_agent.sources import SensorSource, SimulatedSensorSource
     from fedge.config import AgentConfig
     from fedge.data.simulator import SiteProfile
@@ -305,6 +317,48 @@ def agent(
         thread.join()
     except FedgeError as exc:
         raise _fail(exc) from exc
+
+
+@agent_app.command("status")
+def agent_status(
+    store: Annotated[Path, typer.Option(help="The agent's SQLite store (read-only).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show what an agent's store knows, read-only and without a broker.
+
+    Lives (units) and which ran to failure, the current unit, readings not yet sent,
+    the last error and the model version the agent last used.
+    """
+    from edge_agent.store_status import read_store_status
+
+    try:
+        status_ = read_store_status(store)
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print(json.dumps(status_.to_json(), indent=2))  # plain: machine output, no rich markup
+        return
+    table = Table(title=f"agent store {store}", title_justify="left")
+    for col in ("unit", "readings", "cycles", "state"):
+        table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
+    for unit in status_.units:
+        if unit.failed:
+            state = f"failed after {unit.failed_after} cycles"
+        else:
+            state = "running (current)" if unit.unit == status_.current_unit else "censored"
+        cycles = f"{unit.first_cycle}-{unit.last_cycle}" if unit.readings else "-"
+        table.add_row(str(unit.unit), str(unit.readings), cycles, state)
+    out.print(table)
+    out.print(
+        f"readings {status_.readings}, unsent {status_.unsent}, failed units "
+        f"{len(status_.failed_units)}, current unit {status_.current_unit or '-'}, "
+        f"model version {_fmt_opt(status_.model_version)}"
+    )
+    out.print(f"last error: {status_.last_error or '-'}")
+
+
+def _fmt_opt(value: object) -> str:
+    return "-" if value is None else f"v{value}" if isinstance(value, int) else str(value)
 
 
 def _cmapss_source(directory: Path, subset: str, engines: str) -> ReplaySensorSource:
@@ -384,6 +438,86 @@ def aggregator(
         out.print(_rounds_table(history, "aggregator rounds"))
     except FedgeError as exc:
         raise _fail(exc) from exc
+
+
+@app.command("status")
+def fleet_status(
+    broker: BrokerOpt = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name.")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.2, max=600, help="Seconds to wait for predictions.")
+    ] = 3.0,
+) -> None:
+    """Show the fleet as the broker sees it: devices, models, health, predictions.
+
+    Every device online or offline (its will), last seen, model version in use (and
+    whether it runs the current global model), buffer depth, source health, last
+    error, latest prediction and alert.
+
+    Statuses, the global model and the round are retained (shown at once); predictions
+    are shown if devices publish one within --timeout. --config takes an ingest config
+    (its broker section, e.g. the TLS files of a provisioned fleet).
+    """
+    from broker.mqtt_transport import PahoTransport
+    from fedge.config import IngestConfig
+    from fedge_app.fleet_status import collect_fleet_status
+
+    try:
+        cfg = _load(IngestConfig, config, broker, {"fleet": fleet})
+        client_id = f"{cfg.fleet}-status-{os.getpid()}-{int(time.time())}"
+        # An unreachable broker is reported within the same bound as everything else.
+        transport = PahoTransport(
+            cfg.broker, client_id=client_id, connect_timeout=max(2.0, timeout)
+        )
+        snapshot = collect_fleet_status(transport, cfg.fleet, timeout=timeout)
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    data = snapshot.to_json()
+    if as_json:
+        print(json.dumps(data, indent=2))  # plain: machine output, no rich markup
+        return
+    out.print(_fleet_table(data, now=time.time()))
+    if data["rejected"]:
+        out.print(f"messages refused, by reason: {data['rejected']}")
+
+
+def _fleet_table(data: dict[str, Any], *, now: float) -> Table:
+    model = data["global_model"]
+    ann = data["round"]
+    title = f"fleet {data['fleet']}: global model " + (
+        "none" if model is None else f"v{model['version']}"
+    )
+    if ann is not None:
+        title += f", round {ann['round_id']} ({ann['task']})"
+    table = Table(title=title, title_justify="left")
+    for col in ("device", "state", "seen", "model", "buffer", "source", "prediction", "error"):
+        table.add_column(col, no_wrap=col not in ("error",))
+    for d in data["devices"]:
+        seen = "-" if d["last_seen"] is None else f"{max(0.0, now - d['last_seen']):.0f}s ago"
+        version = _fmt_opt(d["model_version"])
+        if d["behind_global"] and model is not None:
+            version += f" (not v{model['version']})"
+        p = d["prediction"]
+        prediction = (
+            "-"
+            if p is None
+            else f"RUL {p['rul']:.0f}, p={p['failure_probability']:.2f}"
+            + (" [bold red]ALERT[/]" if p["alert"] else "")
+        )
+        state = "[green]online[/]" if d["online"] else "[red]offline[/]"
+        table.add_row(
+            d["device"],
+            state,
+            seen,
+            version,
+            _fmt_opt(d["buffer_depth"]),
+            d["source_state"] or "-",
+            prediction,
+            d["last_error"] or "",
+        )
+    return table
 
 
 @app.command()
