@@ -79,7 +79,7 @@ class RoundAnnouncement(WireModel):
     model: ModelSpec | None = None
     # The devices asked to answer (a sampled, over-selected round), sorted; None means
     # every device. A device not listed skips the round; its reply would be dropped.
-    selected: list[Identifier] | None = Field(default=None, max_length=100_000)
+    selected: list[Identifier] | None = Field(default=None, max_length=10_000)
 
 
 class DeviceStatus(WireModel):

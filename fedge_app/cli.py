@@ -330,6 +330,7 @@ def agent_status(
     the last error and the model version the agent last used.
     """
     from edge_agent.store_status import read_store_status
+    from fedge_app.status_views import store_lines, store_table
 
     try:
         status_ = read_store_status(store)
@@ -338,27 +339,9 @@ def agent_status(
     if as_json:
         print(json.dumps(status_.to_json(), indent=2))  # plain: machine output, no rich markup
         return
-    table = Table(title=f"agent store {store}", title_justify="left")
-    for col in ("unit", "readings", "cycles", "state"):
-        table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
-    for unit in status_.units:
-        if unit.failed:
-            state = f"failed after {unit.failed_after} cycles"
-        else:
-            state = "running (current)" if unit.unit == status_.current_unit else "censored"
-        cycles = f"{unit.first_cycle}-{unit.last_cycle}" if unit.readings else "-"
-        table.add_row(str(unit.unit), str(unit.readings), cycles, state)
-    out.print(table)
-    out.print(
-        f"readings {status_.readings}, unsent {status_.unsent}, failed units "
-        f"{len(status_.failed_units)}, current unit {status_.current_unit or '-'}, "
-        f"model version {_fmt_opt(status_.model_version)}"
-    )
-    out.print(f"last error: {status_.last_error or '-'}")
-
-
-def _fmt_opt(value: object) -> str:
-    return "-" if value is None else f"v{value}" if isinstance(value, int) else str(value)
+    out.print(store_table(status_))
+    for line in store_lines(status_):
+        out.print(line)
 
 
 def _cmapss_source(directory: Path, subset: str, engines: str) -> ReplaySensorSource:
@@ -463,6 +446,7 @@ def fleet_status(
     from broker.mqtt_transport import PahoTransport
     from fedge.config import IngestConfig
     from fedge_app.fleet_status import collect_fleet_status
+    from fedge_app.status_views import fleet_table
 
     try:
         cfg = _load(IngestConfig, config, broker, {"fleet": fleet})
@@ -478,46 +462,9 @@ def fleet_status(
     if as_json:
         print(json.dumps(data, indent=2))  # plain: machine output, no rich markup
         return
-    out.print(_fleet_table(data, now=time.time()))
+    out.print(fleet_table(data, now=time.time()))
     if data["rejected"]:
         out.print(f"messages refused, by reason: {data['rejected']}")
-
-
-def _fleet_table(data: dict[str, Any], *, now: float) -> Table:
-    model = data["global_model"]
-    ann = data["round"]
-    title = f"fleet {data['fleet']}: global model " + (
-        "none" if model is None else f"v{model['version']}"
-    )
-    if ann is not None:
-        title += f", round {ann['round_id']} ({ann['task']})"
-    table = Table(title=title, title_justify="left")
-    for col in ("device", "state", "seen", "model", "buffer", "source", "prediction", "error"):
-        table.add_column(col, no_wrap=col not in ("error",))
-    for d in data["devices"]:
-        seen = "-" if d["last_seen"] is None else f"{max(0.0, now - d['last_seen']):.0f}s ago"
-        version = _fmt_opt(d["model_version"])
-        if d["behind_global"] and model is not None:
-            version += f" (not v{model['version']})"
-        p = d["prediction"]
-        prediction = (
-            "-"
-            if p is None
-            else f"RUL {p['rul']:.0f}, p={p['failure_probability']:.2f}"
-            + (" [bold red]ALERT[/]" if p["alert"] else "")
-        )
-        state = "[green]online[/]" if d["online"] else "[red]offline[/]"
-        table.add_row(
-            d["device"],
-            state,
-            seen,
-            version,
-            _fmt_opt(d["buffer_depth"]),
-            d["source_state"] or "-",
-            prediction,
-            d["last_error"] or "",
-        )
-    return table
 
 
 @app.command()
