@@ -21,9 +21,14 @@ from fedge.codec import contiguous
 from fedge.errors import StorageError
 from fedge.spec import ModelSpec
 
-__all__ = ["CheckpointStore"]
+__all__ = ["CheckpointDirectoryError", "CheckpointStore"]
 
 _STRATEGY_PREFIX = "strategy/"
+
+
+class CheckpointDirectoryError(StorageError):
+    """The checkpoint directory cannot be created or written: the aggregator must not start
+    (it would lose every round's result and journal)."""
 
 
 class CheckpointStore:
@@ -33,6 +38,25 @@ class CheckpointStore:
         self.directory = directory
         self.latest_path = directory / "latest.safetensors"
         self.previous_path = directory / "previous.safetensors"
+
+    def probe(self) -> None:
+        """Create the directory and write, fsync and delete a probe file in it.
+
+        Raises :class:`CheckpointDirectoryError` naming the directory and the OS error.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".probe-", dir=self.directory)
+            try:
+                os.write(fd, b"fedge")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                Path(name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise CheckpointDirectoryError(
+                f"checkpoint directory {self.directory} is not usable: {exc.strerror or exc}"
+            ) from exc
 
     def save(self, checkpoint: Checkpoint) -> Path:
         """Write ``checkpoint`` atomically and return its path."""

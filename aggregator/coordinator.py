@@ -33,23 +33,39 @@ An ``online`` status must also be fresh and no older than the device's last one
 (:class:`~fedge.signing.StatusStamps`). A device that declines a round (a
 ``decline`` frame, e.g. ``model_refused``) is counted under its reason and no
 longer waited for.
+
+Crash safety: every round is journaled (:mod:`aggregator.effects`: open before its
+announcement, each accepted reply before anything depends on it, close before its
+results), and :func:`aggregator.recovery.restore_coordinator` rebuilds a coordinator
+from the checkpoint and the journals, reopening the round that was being collected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
 
+from aggregator.effects import (
+    Effect,
+    JournalClose,
+    JournalOpen,
+    JournalUpdate,
+    Publish,
+    RoundClosed,
+    SaveCheckpoint,
+)
 from aggregator.state import Checkpoint
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AggregatorConfig
 from fedge.errors import (
+    MessageError,
     ProtocolError,
     RejectReason,
     TopicError,
@@ -69,32 +85,21 @@ from fedge.tally import RejectionTally
 from fedge.topics import ParsedTopic, TopicKind, Topics, parse_topic
 from fedge.validation import RoundExpectation, UpdateValidator
 
-__all__ = ["Effect", "Phase", "Publish", "RoundClosed", "RoundCoordinator", "SaveCheckpoint"]
+__all__ = [
+    "Effect",
+    "JournalClose",
+    "JournalOpen",
+    "JournalUpdate",
+    "Phase",
+    "Publish",
+    "RoundClosed",
+    "RoundCoordinator",
+    "SaveCheckpoint",
+]
 
 log = logging.getLogger(__name__)
 
 NORMALISATION = ("input_mean", "input_std")
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    topic: str
-    payload: bytes
-    retain: bool = False
-    qos: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class SaveCheckpoint:
-    checkpoint: Checkpoint
-
-
-@dataclass(frozen=True, slots=True)
-class RoundClosed:
-    summary: RoundSummary
-
-
-Effect = Publish | SaveCheckpoint | RoundClosed
 
 
 class Phase(StrEnum):
@@ -107,7 +112,8 @@ class Phase(StrEnum):
 class _OpenRound:
     """Everything about the round being collected (a :class:`~fedge.strategies.RoundView`).
 
-    Memory: the reducer's (O(model) for ``mean``) plus the sets of device names.
+    Memory: the reducer's (O(model) for ``mean``) plus the sets of device names and a
+    32-byte digest per accepted reply (a redelivered copy is recognised by it).
     """
 
     announcement: RoundAnnouncement
@@ -116,6 +122,9 @@ class _OpenRound:
     accumulator: Reducer | None
     received: set[str] = field(default_factory=set)
     declined: set[str] = field(default_factory=set)
+    digests: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    duplicates: int = 0
+    resumed: bool = False
     counted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     bytes_received: int = 0
@@ -179,7 +188,12 @@ class RoundCoordinator:
         self.evaluated = False
         self.rejected_total: Counter[str] = Counter()
         self._tally = RejectionTally()
-        self.history: list[RoundSummary] = []
+        self.duplicates_total = 0
+        # The newest summaries only: an aggregator runs for months (older ones are in the
+        # summary topic's sinks).
+        self.history: deque[RoundSummary] = deque(maxlen=config.history_limit)
+        # What the checkpoint on disk holds; rounds replayed from journals move past it.
+        self._durable = (self.version, self.stats_done)
 
     # Public API ---------------------------------------------------------------------------
     @property
@@ -187,10 +201,19 @@ class RoundCoordinator:
         return self.phase is Phase.FINISHED
 
     def start(self, now: float) -> list[Effect]:
-        """Effects to run once at start-up: re-publish the current global model if it exists."""
+        """Effects to run once at start-up: save state replayed from journals, re-publish
+        the current global model if it exists, re-announce a round resumed from its journal."""
+        effects: list[Effect] = []
+        if (self.version, self.stats_done) != self._durable:
+            effects.append(SaveCheckpoint(self._checkpoint()))
+            self._durable = (self.version, self.stats_done)
         if self.stats_done:
-            return [self._global_publish(round_id=self.last_round_id, num_examples=0)]
-        return []
+            # max(): without federated statistics the first start has no round yet (-1).
+            effects.append(self._global_publish(max(self.last_round_id, 0), num_examples=0))
+        if self.open is not None:
+            ann = encode_message(self.open.announcement)
+            effects.append(Publish(self.topics.round_current, ann, retain=True))
+        return effects
 
     def on_status(self, device: str, payload: bytes, now: float) -> list[Effect]:
         """A device's retained status (or last will) changed (``payload`` as received)."""
@@ -225,7 +248,10 @@ class RoundCoordinator:
         return self.tick(now)
 
     def on_reply(self, topic: str, payload: bytes, now: float) -> list[Effect]:
-        """An update / evaluation / stats frame arrived on ``rounds/<r>/updates/<device>``."""
+        """An update / evaluation / stats frame arrived on ``rounds/<r>/updates/<device>``.
+
+        An accepted reply's first effect is its :class:`JournalUpdate`.
+        """
         current = self.open
         if current is not None:
             current.bytes_received += len(payload)
@@ -236,14 +262,56 @@ class RoundCoordinator:
             )
             # Before decoding: a forged or unknown device's frame is never parsed.
             self.authenticator.check_frame(payload, topic, max_bytes=max_bytes)
-            frame = decode_frame(payload, max_bytes=max_bytes)
+            if self._is_late(parsed, current):
+                raise UpdateRejectedError(RejectReason.LATE, f"round {parsed.round_id} closed")
             if current is None:
+                decode_frame(payload, max_bytes=self.config.max_update_bytes)
                 raise UpdateRejectedError(RejectReason.WRONG_ROUND, "no round is open")
-            self._admit(current, parsed, frame, now)
+            if not self._accept(current, parsed, payload, now):
+                return []
         except (ProtocolError, UpdateRejectedError) as exc:
             detail = exc.detail if isinstance(exc, UpdateRejectedError) else str(exc)
             return self._reject(exc.reason, f"{topic}: {detail}")
-        return self.tick(now)
+        return [JournalUpdate(current.expect.round_id, topic, payload), *self.tick(now)]
+
+    def on_announcement(self, payload: bytes, now: float) -> list[Effect]:
+        """The (retained) ``rounds/current`` on the broker: the fleet's view of the round.
+
+        An announcement newer than any round this aggregator remembers means its journal
+        was lost: the fleet may have answered that round id already, so the next round
+        gets a higher one; a round opened afresh with a taken id and nothing counted yet
+        is re-announced under a fresh id. Never a round the fleet ignores as answered.
+        """
+        try:
+            ann = decode_message(RoundAnnouncement, payload)
+        except MessageError as exc:
+            self._count_reject(exc.reason, f"round announcement: {exc}")
+            return []
+        current = self.open
+        if ann.fleet != self.config.fleet:
+            return []
+        if current is not None and ann.round_id == current.expect.round_id:
+            if ann == current.announcement:
+                return []  # our own, echoed
+        elif ann.round_id <= self.last_round_id:
+            return []  # an older round
+        log.warning(
+            "the broker holds a round %d this aggregator did not announce (journal lost?): "
+            "the next round id is %d",
+            ann.round_id,
+            ann.round_id + 1,
+        )
+        self.last_round_id = max(self.last_round_id, ann.round_id)
+        if (
+            current is not None
+            and not current.resumed
+            and current.counted == 0
+            and current.expect.round_id <= ann.round_id
+        ):
+            self.open = None
+            self.phase = Phase.WAITING
+            return self._maybe_announce(now)
+        return []
 
     def tick(self, now: float) -> list[Effect]:
         """Advance time: open the next round or close the current one when due."""
@@ -258,8 +326,38 @@ class RoundCoordinator:
             return self._close(now)
         return []
 
+    # Recovery (see aggregator.recovery.restore_coordinator) --------------------------------
+    def resume(self, announcement: RoundAnnouncement, expected: Iterable[str]) -> None:
+        """Reopen a journaled round as it was announced; nothing is published yet
+        (:meth:`start` re-announces it)."""
+        self.open = None
+        self._open_round(announcement, expected, resumed=True)
+
+    def replay(self, topic: str, payload: bytes) -> str | None:
+        """Count a journaled reply again, exactly as when it arrived; the reason it is
+        not counted (``"duplicate"`` or a rejection reason) or None."""
+        current = self.open
+        assert current is not None  # noqa: S101 - only after resume()
+        current.bytes_received += len(payload)
+        try:
+            accepted = self._accept(
+                current, parse_topic(topic), payload, current.announcement.issued_at
+            )
+        except (ProtocolError, UpdateRejectedError) as exc:
+            current.rejected[exc.reason.value] += 1
+            return exc.reason.value
+        return None if accepted else "duplicate"
+
+    def close_replayed(self, ts: float) -> None:
+        """Close the resumed round as its journal says it closed at ``ts`` (no effects:
+        the fleet saw them before the restart; the state moves on)."""
+        durable = self._durable
+        self._close_round(ts)
+        self._durable = durable
+
     # Internals ----------------------------------------------------------------------------
-    def _next_task(self) -> RoundTask | None:
+    def next_task(self) -> RoundTask | None:
+        """The task of the next round to open, or None once all rounds are done."""
         if not self.stats_done:
             return "stats"
         if self.config.rounds is None or self.version < self.config.rounds:
@@ -269,11 +367,13 @@ class RoundCoordinator:
         return None
 
     def _maybe_announce(self, now: float) -> list[Effect]:
-        task = self._next_task()
+        task = self.next_task()
         if task is None:
             self.phase = Phase.FINISHED
             return []
-        plan = self.strategy.participation.open_round(self.online.keys(), task=task, now=now)
+        plan = self.strategy.participation.open_round(
+            self.online.keys(), task=task, now=now, round_id=self.last_round_id + 1
+        )
         if plan is None:
             return []
         self.last_round_id += 1
@@ -288,11 +388,29 @@ class RoundCoordinator:
             base_version=self.version,
             issued_at=now,
             deadline=plan.deadline,
-            min_clients=self.config.min_clients,
+            min_clients=plan.quorum or self.config.min_clients,
             training=training,
             max_update_bytes=self.config.max_update_bytes,
             model=self.spec,
+            selected=None if plan.selected is None else sorted(plan.selected),
         )
+        self._open_round(announcement, plan.expected)
+        log.info(
+            "round %d (%s) announced, %d devices expected",
+            self.last_round_id,
+            task,
+            len(plan.expected),
+        )
+        payload = encode_message(announcement)
+        return [
+            JournalOpen(self.last_round_id, payload, tuple(sorted(plan.expected))),
+            Publish(self.topics.round_current, payload, retain=True),
+        ]
+
+    def _open_round(
+        self, announcement: RoundAnnouncement, expected: Iterable[str], *, resumed: bool = False
+    ) -> None:
+        task = announcement.task
         template: dict[str, np.ndarray] = {}
         if task == "train":
             template = {k: self.tensors[k] for k in self.trainable}
@@ -300,18 +418,39 @@ class RoundCoordinator:
             template = stats_template(self.spec.stats_features)
         self.open = _OpenRound(
             announcement=announcement,
-            expect=RoundExpectation(self.last_round_id, self.version, task, template),
-            expected=set(plan.expected),
+            expect=RoundExpectation(announcement.round_id, self.version, task, template),
+            expected=set(expected),
             accumulator=self.strategy.reducer_for(task, template),
+            resumed=resumed,
         )
+        self.last_round_id = max(self.last_round_id, announcement.round_id)
         self.phase = Phase.COLLECTING
-        log.info(
-            "round %d (%s) announced, %d devices expected",
-            self.last_round_id,
-            task,
-            len(plan.expected),
+
+    def _is_late(self, parsed: ParsedTopic, current: _OpenRound | None) -> bool:
+        """A reply to a round this aggregator announced and closed (not one still answerable)."""
+        rid = parsed.round_id
+        return (
+            rid is not None
+            and rid <= self.last_round_id
+            and (current is None or rid != current.expect.round_id)
+            and rid not in self._earlier
         )
-        return [Publish(self.topics.round_current, encode_message(announcement), retain=True)]
+
+    def _accept(self, current: _OpenRound, parsed: ParsedTopic, payload: bytes, now: float) -> bool:
+        """Decode, validate and fold in a reply; False for a copy of one already counted."""
+        key = (parsed.round_id if parsed.round_id is not None else -1, parsed.device or "")
+        digest = hashlib.sha256(payload).digest()
+        if current.digests.get(key) == digest:
+            # The same bytes again: the broker redelivering a reply the journal already
+            # holds (QoS 1 is at least once). One contribution, not a second one.
+            current.duplicates += 1
+            self.duplicates_total += 1
+            log.info("duplicate of an accepted reply ignored: %s/%s", *key)
+            return False
+        frame = decode_frame(payload, max_bytes=current.announcement.max_update_bytes)
+        self._admit(current, parsed, frame, now)
+        current.digests[key] = digest
+        return True
 
     def _admit(self, current: _OpenRound, parsed: ParsedTopic, frame: Frame, now: float) -> None:
         """Validate a reply, let the policy weigh it and fold it in; raises to refuse it."""
@@ -416,6 +555,13 @@ class RoundCoordinator:
             )
 
     def _close(self, now: float) -> list[Effect]:
+        effects = self._close_round(now)
+        effects.extend(self._maybe_announce(now))
+        return effects
+
+    def _close_round(self, now: float) -> list[Effect]:
+        """Apply the open round (if it succeeded); effects in durable-first order:
+        journal close, checkpoint, then what the fleet sees."""
         current = self.open
         assert current is not None  # noqa: S101 - only called while collecting
         self.open = None
@@ -444,9 +590,13 @@ class RoundCoordinator:
             self._remember(current)
         if ok and task == "evaluate":
             self.evaluated = True
+        effects.append(JournalClose(current.expect.round_id, "completed" if ok else "failed", now))
         if ok and task in ("stats", "train"):
-            effects.append(self._global_publish(current.expect.round_id, current.num_examples))
+            # Saved before the publish, so the version the fleet sees is on disk first (a
+            # failed save is retried when the next round closes).
             effects.append(SaveCheckpoint(self._checkpoint()))
+            self._durable = (self.version, self.stats_done)
+            effects.append(self._global_publish(current.expect.round_id, current.num_examples))
         val_error = (
             math.sqrt(current.sq_err_sum / current.val_examples) if current.val_examples else None
         )
@@ -478,7 +628,6 @@ class RoundCoordinator:
         )
         effects.append(Publish(self.topics.round_summary, encode_message(summary)))
         effects.append(RoundClosed(summary))
-        effects.extend(self._maybe_announce(now))
         return effects
 
     def _checkpoint(self) -> Checkpoint:
@@ -518,4 +667,6 @@ class RoundCoordinator:
             return self.on_status(parsed.device, payload, now)
         if parsed.kind is TopicKind.UPDATE:
             return self.on_reply(topic, payload, now)
+        if parsed.kind is TopicKind.ROUND_CURRENT:
+            return self.on_announcement(payload, now)
         return []

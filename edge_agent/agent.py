@@ -162,6 +162,7 @@ class EdgeAgent:
         self._next_flush = 0.0
         self._next_status = 0.0
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
+        self._snapshot: tuple[str | None, int | None] | None = None
 
     @staticmethod
     def _cpu_seconds() -> float:
@@ -319,8 +320,27 @@ class EdgeAgent:
             pause = self.config.sample_interval_s if self.config.sample_interval_s > 0 else 0.05
             stop.wait(min(pause, 0.05, max(0.0, deadline - time.monotonic())))
 
+    def _snapshot_status(self) -> None:
+        """Keep the last error and model version in the store (``fedge agent status`` reads
+        them without a broker); written only when they change, to spare SD cards."""
+        snapshot = (self.stats.last_error, self.model_version)
+        if snapshot == self._snapshot:
+            return
+        error, version = snapshot
+        try:
+            self.store.set_meta(
+                {
+                    "last_error": None if error is None else error[:300],
+                    "model_version": None if version is None else str(version),
+                }
+            )
+            self._snapshot = snapshot
+        except StorageError as exc:
+            log.warning("%s: %s", self.config.device, exc)
+
     def publish_status(self) -> None:
         """Re-publish the retained online status with fresh health figures."""
+        self._snapshot_status()
         try:
             self._publish(
                 self.topics.status(self.config.device), self._status("online"), retain=True
@@ -334,6 +354,7 @@ class EdgeAgent:
         if self._job is not None:
             self._job[1].join(timeout=2.0)
             self._job = None
+        self._snapshot_status()
         try:
             handle = self._publish(
                 self.topics.status(self.config.device), self._status("offline"), retain=True
@@ -721,6 +742,8 @@ class EdgeAgent:
         if ann.round_id in self._answered or self.clock() > ann.deadline:
             self._pending_round = None
             return
+        if ann.selected is not None and self.config.device not in ann.selected:
+            return  # a sampled round that did not pick this device
         spec = ann.model or (self.model.spec if self.model is not None else None)
         try:
             if spec is not None:

@@ -241,6 +241,21 @@ class ReadingStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'model_version'").fetchone()
         return None if row is None else int(row[0])
 
+    def set_meta(self, values: dict[str, str | None]) -> None:
+        """Record facts about the agent for ``fedge agent status`` (None deletes a key)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                for key, value in values.items():
+                    if value is None:
+                        self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                    else:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value)
+                        )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot record agent state: {exc}") from exc
+
     def failed_units(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT unit FROM units ORDER BY unit")]
 

@@ -265,6 +265,8 @@ class AggregatorConfig(FedgeSettings):
     reducer_options: dict[str, float] = Field(default_factory=dict)
     participation: str = "sync"
     participation_options: dict[str, float] = Field(default_factory=dict)
+    # Round summaries kept in memory (the newest; older ones are only in the sinks).
+    history_limit: Annotated[int, Field(ge=1, le=1_000_000)] = 100
     training: TrainingConfig = TrainingConfig()
     model: ModelSpec = Field(default_factory=default_fleet_model)
     checkpoint_dir: Path = Path("fedge-checkpoints")

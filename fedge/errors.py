@@ -91,6 +91,10 @@ class RejectReason(StrEnum):
     NON_NUMERIC_FEATURE = "non_numeric_feature"
     CODEC_MISMATCH = "codec_mismatch"
     """The frame's codec is not the one the round announced."""
+    LATE = "late"
+    """A reply to a round that already closed (a straggler); dropped."""
+    NOT_SELECTED = "not_selected"
+    """A reply from a device the round's announcement did not select; dropped."""
     # Chunked frames (fedge.chunking): why a chunk or a whole transfer was dropped.
     CHUNK_MALFORMED = "chunk_malformed"
     CHUNK_INCONSISTENT = "chunk_inconsistent"

@@ -66,6 +66,8 @@ class RoundAnnouncement(WireModel):
     base_version: NonNegInt
     issued_at: Timestamp
     deadline: Timestamp
+    # The round's quorum: it succeeds with this many replies (a sampled round also
+    # closes as soon as it has them; see ``selected``).
     min_clients: Annotated[int, Field(ge=1)]
     training: TrainingConfig = TrainingConfig()
     # How devices encode their updates this round: "safetensors" (plain float32, the
@@ -75,6 +77,9 @@ class RoundAnnouncement(WireModel):
     # The fleet's model: a stats round needs it before any global model exists, to
     # know which rows to summarise (ModelSpec.stats_features).
     model: ModelSpec | None = None
+    # The devices asked to answer (a sampled, over-selected round), sorted; None means
+    # every device. A device not listed skips the round; its reply would be dropped.
+    selected: list[Identifier] | None = Field(default=None, max_length=10_000)
 
 
 class DeviceStatus(WireModel):

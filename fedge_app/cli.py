@@ -1,8 +1,10 @@
-"""The ``fedge`` command line (typer): demo, agent, aggregator, broker."""
+"""The ``fedge`` command line (typer): demo, agent, aggregator, broker, status."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -243,8 +245,16 @@ def demo(
         raise typer.Exit(code=1)
 
 
-@app.command()
+agent_app = typer.Typer(
+    help="Run an edge agent (the options below), or inspect one: `fedge agent status`.",
+    invoke_without_command=True,
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback()
 def agent(
+    ctx: typer.Context,
     device: Annotated[str | None, typer.Option(help="Device id (unique in the fleet).")] = None,
     config: ConfigOpt = None,
     broker: BrokerOpt = None,
@@ -279,6 +289,8 @@ def agent(
     are history (run to failure), the last is streamed live as this device's machine.
     The [features] table maps the source's channels onto the fleet model's features.
     """
+    if ctx.invoked_subcommand is not None:
+        return  # `fedge agent status` etc.: the subcommand does the work
     from edge_agent.sources.base import BaseSource
     from edge_agent.sources.cmapss import cmapss_source
     from fedge.config import AgentConfig
@@ -315,6 +327,31 @@ def agent(
         thread.join()
     except FedgeError as exc:
         raise _fail(exc) from exc
+
+
+@agent_app.command("status")
+def agent_status(
+    store: Annotated[Path, typer.Option(help="The agent's SQLite store (read-only).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show what an agent's store knows, read-only and without a broker.
+
+    Lives (units) and which ran to failure, the current unit, readings not yet sent,
+    the last error and the model version the agent last used.
+    """
+    from edge_agent.store_status import read_store_status
+    from fedge_app.status_views import store_lines, store_table
+
+    try:
+        status_ = read_store_status(store)
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print(json.dumps(status_.to_json(), indent=2))  # plain: machine output, no rich markup
+        return
+    out.print(store_table(status_))
+    for line in store_lines(status_):
+        out.print(line)
 
 
 @app.command()
@@ -363,6 +400,50 @@ def aggregator(
         out.print(_rounds_table(history, "aggregator rounds"))
     except FedgeError as exc:
         raise _fail(exc) from exc
+
+
+@app.command("status")
+def fleet_status(
+    broker: BrokerOpt = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name.")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.2, max=600, help="Seconds to wait for predictions.")
+    ] = 3.0,
+) -> None:
+    """Show the fleet as the broker sees it: devices, models, health, predictions.
+
+    Every device online or offline (its will), last seen, model version in use (and
+    whether it runs the current global model), buffer depth, source health, last
+    error, latest prediction and alert.
+
+    Statuses, the global model and the round are retained (shown at once); predictions
+    are shown if devices publish one within --timeout. --config takes an ingest config
+    (its broker section, e.g. the TLS files of a provisioned fleet).
+    """
+    from broker.mqtt_transport import PahoTransport
+    from fedge.config import IngestConfig
+    from fedge_app.fleet_status import collect_fleet_status
+    from fedge_app.status_views import fleet_table
+
+    try:
+        cfg = _load(IngestConfig, config, broker, {"fleet": fleet})
+        client_id = f"{cfg.fleet}-status-{os.getpid()}-{int(time.time())}"
+        # An unreachable broker is reported within the same bound as everything else.
+        transport = PahoTransport(
+            cfg.broker, client_id=client_id, connect_timeout=max(2.0, timeout)
+        )
+        snapshot = collect_fleet_status(transport, cfg.fleet, timeout=timeout)
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    data = snapshot.to_json()
+    if as_json:
+        print(json.dumps(data, indent=2))  # plain: machine output, no rich markup
+        return
+    out.print(fleet_table(data, now=time.time()))
+    if data["rejected"]:
+        out.print(f"messages refused, by reason: {data['rejected']}")
 
 
 @app.command()

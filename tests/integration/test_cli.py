@@ -21,7 +21,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def test_top_level_help_lists_every_subcommand() -> None:
     result = _run("--help")
     assert result.returncode == 0, result.stderr
-    for sub in ("demo", "agent", "aggregator", "broker", "ingest", "dashboards"):
+    for sub in ("demo", "agent", "aggregator", "broker", "ingest", "dashboards", "status"):
         assert sub in result.stdout
 
 
@@ -29,7 +29,9 @@ def test_top_level_help_lists_every_subcommand() -> None:
     ("sub", "options"),
     [
         ("demo", ["--devices", "--rounds", "--broker", "--summary-json"]),
-        ("agent", ["--device", "--config", "--broker", "--store"]),
+        ("agent", ["--device", "--config", "--broker", "--store", "status"]),
+        ("agent status", ["--store", "--json"]),
+        ("status", ["--broker", "--fleet", "--json", "--timeout"]),
         ("aggregator", ["--config", "--broker", "--rounds", "--min-clients", "--strategy"]),
         ("broker", ["--embedded", "--port", "--config"]),
         ("ingest", ["--broker", "--influx-url", "--influx-bucket", "--sqlite", "--shared-group"]),
@@ -37,7 +39,7 @@ def test_top_level_help_lists_every_subcommand() -> None:
     ],
 )
 def test_subcommand_help_describes_options(sub: str, options: list[str]) -> None:
-    result = _run(sub, "--help")
+    result = _run(*sub.split(), "--help")
     assert result.returncode == 0, result.stderr
     for option in options:
         assert option in result.stdout, f"{sub} --help lacks {option}"
@@ -49,6 +51,17 @@ def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
     result = _run("agent", "--config", str(bad))
     assert result.returncode == 2
     assert "unknown_key" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_aggregator_with_an_unusable_checkpoint_directory_fails_fast(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    # No broker listens on port 1: the directory is checked before any connection.
+    result = _run("aggregator", "--broker", "mqtt://127.0.0.1:1",
+                  "--checkpoint-dir", str(blocker / "ckpt"), timeout=30)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "is not usable: Not a directory" in message and "Traceback" not in message
 
 
 def test_dashboards_export_writes_grafana_files(tmp_path: Path) -> None:

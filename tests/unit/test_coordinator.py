@@ -13,6 +13,9 @@ import pytest
 
 from aggregator.coordinator import (
     Effect,
+    JournalClose,
+    JournalOpen,
+    JournalUpdate,
     Phase,
     Publish,
     RoundClosed,
@@ -112,11 +115,23 @@ def shifted(delta: float) -> dict[str, np.ndarray]:
     return {k: (INITIAL_TENSORS[k] + np.float32(delta)).astype(np.float32) for k in TRAINABLE}
 
 
+def visible(effects: Sequence[Effect]) -> list[Effect]:
+    """The effects without the journal's (tests/unit/test_journal_resume.py checks those)."""
+    return [e for e in effects if not isinstance(e, JournalOpen | JournalUpdate | JournalClose)]
+
+
 def reply(coord: RoundCoordinator, device: str, payload: bytes, now: float = T0 + 1,
           round_id: int | None = None) -> list[Effect]:
+    """Send a reply; its effects other than the journal's. An accepted reply's first
+    effect is always its JournalUpdate."""
     assert coord.open is not None or round_id is not None
     rid = coord.open.expect.round_id if round_id is None else round_id  # type: ignore[union-attr]
-    return coord.handle(TOPICS.update(rid, device), payload, now)
+    topic = TOPICS.update(rid, device)
+    effects = coord.handle(topic, payload, now)
+    journaled = [e for e in effects if isinstance(e, JournalUpdate)]
+    assert journaled in ([], [JournalUpdate(rid, topic, payload)])
+    assert not journaled or effects[0] == journaled[0]
+    return visible(effects)
 
 
 def three_expected(coord: RoundCoordinator) -> int:
@@ -265,9 +280,10 @@ def test_stats_round_sets_normalisation_and_publishes_version_0() -> None:
     nxt = announcement(effects)
     assert (nxt.round_id, nxt.task, nxt.base_version) == (1, "train", 0)
     assert coord.stats_done is True
-    # Effects come in the order the service must carry them out.
+    # Effects come in the order the service must carry them out: the checkpoint before
+    # the model the fleet sees (the journal's effects are checked in test_journal_resume).
     assert [type(e).__name__ for e in effects] == [
-        "Publish", "SaveCheckpoint", "Publish", "RoundClosed", "Publish",
+        "SaveCheckpoint", "Publish", "Publish", "RoundClosed", "Publish",
     ]
 
 
@@ -369,7 +385,7 @@ def test_train_round_fedavg_result() -> None:
 
     nxt = announcement(effects)
     assert (nxt.round_id, nxt.task, nxt.base_version) == (2, "train", 1)
-    assert coord.history == [s]
+    assert list(coord.history) == [s]
 
 
 def test_full_lifecycle_ends_with_evaluation() -> None:
@@ -456,7 +472,7 @@ def test_late_reply_for_a_closed_round_is_rejected() -> None:
     effects = coord.handle(TOPICS.update(1, "pump-01"), frame("pump-01", 1, shifted(1.0)),
                            T0 + 61)
     assert effects == []
-    assert coord.rejected_total == {"wrong_round": 1}
+    assert coord.rejected_total == {"late": 1}
 
 
 def test_device_going_offline_stops_the_round_waiting_for_it() -> None:
@@ -500,7 +516,7 @@ def test_rejected_replies_are_counted_and_never_raise() -> None:
     inf = shifted(0.0)
     inf["rul_head.bias"] = np.array([np.inf], np.float32)
     bad: list[tuple[str, bytes, str]] = [
-        ("pump-01", good_a, "replay"),
+        ("pump-01", frame("pump-01", rid, shifted(2.0)), "replay"),
         ("pump-02", frame("pump-02", rid, shifted(1.0), base_version=7), "stale_base"),
         ("pump-02", b"\x00" * (MAX_UPDATE + 1), "too_large"),
         ("pump-02", frame("pump-02", rid, nan), "non_finite"),
@@ -513,6 +529,8 @@ def test_rejected_replies_are_counted_and_never_raise() -> None:
         ("pump-02", frame("pump-02", rid, shifted(1.0), kind="evaluation"), "malformed"),
     ]
     assert reply(coord, "pump-01", good_a) == []
+    assert reply(coord, "pump-01", good_a) == []  # the same bytes again: a duplicate
+    assert coord.duplicates_total == 1
     for device, payload, _ in bad:
         assert reply(coord, device, payload) == []
     # A reply from pump-03 published on pump-02's topic.

@@ -31,7 +31,7 @@ def test_a_decline_is_counted_by_its_reason_and_the_round_stops_waiting() -> Non
     coord = make()
     rid = three_expected(coord)
     assert coord.open is not None
-    assert reply(coord, "pump-03", decline("pump-03", rid)) == []
+    assert reply(coord, "pump-03", decline("pump-03", rid)) == []  # nothing published
     assert "pump-03" not in coord.open.expected
     reply(coord, "pump-01", frame("pump-01", rid, shifted(1.0)))
     effects = reply(coord, "pump-02", frame("pump-02", rid, shifted(3.0)))
@@ -54,7 +54,11 @@ def test_declines_for_another_round_or_device_or_twice_are_refused() -> None:
     reply(coord, "pump-03", decline("pump-03", rid + 5), round_id=rid)
     coord.handle(TOPICS.update(rid, "pump-02"), decline("pump-03", rid), T0 + 1)
     reply(coord, "pump-03", decline("pump-03", rid))
+    # The same bytes again are a QoS 1 redelivery (counted once, no rejection); a
+    # different second answer from the same device is a replay.
     reply(coord, "pump-03", decline("pump-03", rid))
+    assert coord.open.duplicates == 1
+    reply(coord, "pump-03", decline("pump-03", rid, detail="again"))
     assert dict(coord.open.rejected) == {
         "wrong_round": 1,
         "topic_mismatch": 1,

@@ -150,16 +150,19 @@ def test_a_decline_is_counted_under_its_reason_and_not_waited_for() -> None:
     coord.handle(TOPICS.status("pump-1"), status("pump-1"), T0)
     coord.handle(TOPICS.status("pump-2"), status("pump-2"), T0)
     decline = update("pump-2", 1, kind="decline", reason="model_refused", detail="worse")
-    assert coord.handle(TOPICS.update(1, "pump-2"), decline, T0 + 1) == []
+    # Journaled like any accepted reply (a restarted aggregator does not wait for it).
+    effects = coord.handle(TOPICS.update(1, "pump-2"), decline, T0 + 1)
+    assert [type(e).__name__ for e in effects] == ["JournalUpdate"]
     assert coord.open is not None and coord.open.expected == {"pump-1"}
-    # Declining twice counts once; the second is a replay.
+    # The same decline again is a QoS 1 redelivery: counted once, as a duplicate.
     coord.handle(TOPICS.update(1, "pump-2"), decline, T0 + 1)
+    assert coord.open.duplicates == 1
     effects = coord.handle(TOPICS.update(1, "pump-1"), update("pump-1", 1), T0 + 2)
     (closed,) = [e for e in effects if isinstance(e, RoundClosed)]
     # Closed at once (not at the deadline), failed: min_clients is 2, one device counted.
     assert closed.summary.duration_s == 2.0
     assert closed.summary.participants == 1 and closed.summary.outcome == "failed"
-    assert closed.summary.rejected_by_reason == {"model_refused": 1, "replay": 1}
+    assert closed.summary.rejected_by_reason == {"model_refused": 1}
     assert coord.rejected_total["model_refused"] == 1
     assert "malformed" not in coord.rejected_total
 

@@ -203,6 +203,8 @@ def test_stale_replies_are_rebased_weighted_and_bounded() -> None:
     send(coord, "pump-03", 1, frame("pump-03", 1, shifted(6.0), num_examples=20))
     assert coord.open is not None and coord.open.counted == 1
     send(coord, "pump-03", 1, frame("pump-03", 1, shifted(6.0), num_examples=20))  # again
+    assert coord.rejected_total == {} and coord.duplicates_total == 1  # same bytes: one reply
+    send(coord, "pump-03", 1, frame("pump-03", 1, shifted(7.0), num_examples=20))
     assert coord.rejected_total == {"replay": 1}
     # A fresh reply to round 2: trained on w1 and moved +2, i.e. w0 + 4, weight 10.
     effects = coord.handle(
@@ -218,7 +220,7 @@ def test_stale_replies_are_rebased_weighted_and_bounded() -> None:
     moved(coord, 6.0)
     # Round 1 was trained on version 0, now two versions behind: beyond the bound.
     send(coord, "pump-02", 1, frame("pump-02", 1, shifted(1.0)))
-    assert coord.rejected_total == {"replay": 1, "wrong_round": 1}
+    assert coord.rejected_total == {"replay": 1, "late": 1}
 
 
 def test_sync_keeps_no_earlier_rounds_and_refuses_late_replies() -> None:
@@ -228,5 +230,5 @@ def test_sync_keeps_no_earlier_rounds_and_refuses_late_replies() -> None:
     send(coord, "pump-02", 1, frame("pump-02", 1, shifted(1.0)))
     assert coord.version == 1
     send(coord, "pump-03", 1, frame("pump-03", 1, shifted(1.0)))
-    assert coord.rejected_total == {"wrong_round": 1}
+    assert coord.rejected_total == {"late": 1}
     assert coord._earlier == {}

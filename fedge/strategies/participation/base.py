@@ -56,10 +56,17 @@ __all__ = ["ParticipationPolicy", "RoundPlan", "RoundView"]
 
 @dataclass(frozen=True, slots=True)
 class RoundPlan:
-    """A policy's answer when a round can open: whom to wait for, and until when."""
+    """A policy's answer when a round can open: whom to wait for, and until when.
+
+    ``selected``: the devices asked to answer, announced to the fleet (None: every
+    device; a device not selected skips the round). ``quorum``: how many counted
+    replies the round needs, announced as its ``min_clients`` (None: the config's).
+    """
 
     expected: frozenset[str]
     deadline: float
+    selected: frozenset[str] | None = None
+    quorum: int | None = None
 
 
 class RoundView(Protocol):
@@ -93,8 +100,11 @@ class ParticipationPolicy(ABC):
     max_staleness: int = 0
 
     @abstractmethod
-    def open_round(self, online: Set[str], *, task: RoundTask, now: float) -> RoundPlan | None:
-        """The plan of a ``task`` round opened now with ``online`` devices, or None to wait."""
+    def open_round(
+        self, online: Set[str], *, task: RoundTask, now: float, round_id: int = 0
+    ) -> RoundPlan | None:
+        """The plan of round ``round_id`` (a ``task``) opened now with ``online`` devices,
+        or None to wait."""
 
     def admit(self, view: RoundView, device: str, *, staleness: int, now: float) -> float:
         """The factor a validated reply's weight is multiplied by; raise to refuse it.
