@@ -42,6 +42,7 @@ from fedge.errors import (
     SinkError,
     TopicError,
 )
+from fedge.lives import MaintenanceEvent
 from fedge.messages import (
     MAX_MESSAGE_BYTES,
     DeviceStatus,
@@ -54,6 +55,7 @@ from fedge.messages import (
 from fedge.points import (
     Point,
     PointBatch,
+    event_points,
     health_points,
     prediction_points,
     round_points,
@@ -72,7 +74,7 @@ __all__ = [
     "SeqWindow",
 ]
 
-_M = TypeVar("_M", TelemetryBatch, Prediction, DeviceStatus, RoundSummary)
+_M = TypeVar("_M", TelemetryBatch, Prediction, DeviceStatus, RoundSummary, MaintenanceEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +251,11 @@ class IngestRules:
                 if status.ts is not None:
                     self._check_future(status.ts, received_at, topic)
                 return Accepted(health_points(status, received_at=received_at))
+            case TopicKind.EVENTS:
+                event = self._decode(MaintenanceEvent, topic, payload)
+                self._check_origin(event.fleet, event.device, topic_device, topic)
+                self._check_future(event.ts, received_at, topic)
+                return Accepted(event_points(event))
             case TopicKind.ROUND_SUMMARY:
                 summary = self._decode(RoundSummary, topic, payload)
                 if summary.fleet != self.fleet:

@@ -19,6 +19,7 @@ measurement        tags                                    point time
                                                            the ingest clock (offline, no ts)
 ``fl_round``       ``fleet``, ``task``, ``outcome``        the round summary's ``ts``
 ``alert``          ``fleet``, ``device``, ``kind``         the prediction's ``ts``
+``event``          ``fleet``, ``device``, ``kind``         the maintenance event's ``ts``
 =================  ======================================  ====================================
 
 Fields (types never change within a measurement; * = only when known):
@@ -36,6 +37,8 @@ measurement        field                      type    meaning
 ``prediction``     ``alert``                  bool    the agent raised an alert
 ``prediction``     ``unit``*                  int     machine unit the window came from
 ``prediction``     ``cycle``*                 int     cycle of the window's last reading
+``prediction``     ``health``*                float   health score of the current life (0-1)
+``prediction``     ``anomaly``*               bool    the health monitor's alert is active
 ``device_health``  ``online``                 int     1 online, 0 offline
 ``device_health``  ``buffer_depth``*          int     readings waiting in the agent's buffer
 ``device_health``  ``cpu_percent``*           float   agent CPU use
@@ -56,6 +59,10 @@ measurement        field                      type    meaning
 ``alert``          ``rul``                    float   as in ``prediction``
 ``alert``          ``failure_probability``    float   as in ``prediction``
 ``alert``          ``message``                string  human-readable summary
+``alert``          ``health``*                float   as in ``prediction`` (anomaly alerts)
+``event``          ``note``                   string  what the person (or simulator) wrote
+``event``          ``event_id``               string  the event's id (idempotent re-delivery)
+``event``          ``source``                 string  ``cli``, ``operator`` or ``simulator``
 =================  =========================  ======  ==========================================
 
 Rules that keep InfluxDB happy:
@@ -72,7 +79,13 @@ Rules that keep InfluxDB happy:
   usually the broker publishing the last will, whose ``ts`` was fixed when the
   device connected.
 * An ``alert`` point (``kind="failure_predicted"``) is emitted next to each
-  prediction that has ``alert=True``.
+  prediction that has ``alert=True``, and one with ``kind="anomaly"`` (its message
+  names the features that moved) next to each prediction with ``anomaly=True``.
+* ``health`` and ``anomaly`` are written for predictions of a device whose health
+  monitor has a score (``health`` known) or an active anomaly alert, else left out.
+* An ``event`` point (a maintenance event, tag ``kind`` = ``failure``, ``repair`` or
+  ``replace``) is stamped with the event's own time, so a redelivered event is the
+  same point again (InfluxDB overwrites it; the SQLite sink merges it).
 * Times are integer nanoseconds, rounded to the microsecond (a float of Unix
   seconds carries no more precision than that).
 """
@@ -88,6 +101,7 @@ from typing import overload
 from pydantic_core import to_json
 
 from fedge.errors import MessageError, SinkError
+from fedge.lives import MaintenanceEvent
 from fedge.messages import DeviceStatus, Prediction, RoundSummary, TelemetryBatch
 
 __all__ = [
@@ -96,6 +110,7 @@ __all__ = [
     "FieldValue",
     "Point",
     "PointBatch",
+    "event_points",
     "health_points",
     "line_bytes",
     "lines",
@@ -108,7 +123,7 @@ __all__ = [
 
 FieldValue = bool | int | float | str
 
-MEASUREMENTS = ("telemetry", "prediction", "device_health", "fl_round", "alert")
+MEASUREMENTS = ("telemetry", "prediction", "device_health", "fl_round", "alert", "event")
 """Every measurement fedge writes."""
 
 RESERVED_SENSOR_NAMES = frozenset({"seq", "cycle", "fleet", "device", "site", "unit", "time"})
@@ -471,9 +486,11 @@ def _alert_message(pred: Prediction) -> str:
 
 
 def prediction_points(pred: Prediction) -> list[Point]:
-    """A ``prediction`` point, plus an ``alert`` point when ``pred.alert`` is true."""
+    """A ``prediction`` point, plus an ``alert`` point per active alert (RUL, anomaly)."""
     time_ns = seconds_to_ns(pred.ts)
     tags: dict[str, str | None] = {"fleet": pred.fleet, "device": pred.device}
+    monitored = pred.health is not None or pred.anomaly
+    health = None if pred.health is None else float(pred.health)
     points = [
         Point.of(
             "prediction",
@@ -487,6 +504,8 @@ def prediction_points(pred: Prediction) -> list[Point]:
                 # None fields are omitted by Point.of; both are ints whenever present.
                 "unit": None if pred.unit is None else int(pred.unit),
                 "cycle": None if pred.cycle is None else int(pred.cycle),
+                "health": health,
+                "anomaly": bool(pred.anomaly) if monitored else None,
             },
             time_ns,
         )
@@ -504,7 +523,34 @@ def prediction_points(pred: Prediction) -> list[Point]:
                 time_ns,
             )
         )
+    if pred.anomaly:
+        reason = pred.anomaly_reason or "health score above its threshold"
+        points.append(
+            Point.of(
+                "alert",
+                {**tags, "kind": "anomaly"},
+                {
+                    "rul": float(pred.rul),
+                    "failure_probability": float(pred.failure_probability),
+                    "health": health,
+                    "message": f"{pred.device}: anomaly: {reason}",
+                },
+                time_ns,
+            )
+        )
     return points
+
+
+def event_points(event: MaintenanceEvent) -> list[Point]:
+    """One ``event`` point per maintenance event, at the event's own time."""
+    return [
+        Point.of(
+            "event",
+            {"fleet": event.fleet, "device": event.device, "kind": event.kind},
+            {"note": event.note, "event_id": event.event_id, "source": event.source},
+            seconds_to_ns(event.ts),
+        )
+    ]
 
 
 def health_points(status: DeviceStatus, *, received_at: float) -> list[Point]:
