@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenacity
 
+from edge_agent.maintenance import Maintenance
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
 from fedge import __version__
@@ -32,6 +33,7 @@ from fedge.errors import (
     FedgeError,
     FrameError,
     MessageError,
+    NoDataError,
     RejectReason,
     StorageError,
     TransportError,
@@ -104,7 +106,7 @@ class EdgeAgent:
         self._pending_round: RoundAnnouncement | None = None
         self._answered: set[int] = set()
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
-        self._dataset_key: tuple[tuple[int, ...], ModelSpec] | None = None
+        self._dataset_key: tuple[tuple[int, ...], ModelSpec, int] | None = None
         self._columns: dict[ModelSpec, np.ndarray] = {}
         # Set when the agent must stop: local training checks it between mini-batches.
         self._halt = threading.Event()
@@ -120,6 +122,10 @@ class EdgeAgent:
         self._next_flush = 0.0
         self._next_status = 0.0
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
+        # Events, lives, labels and the health score (edge_agent/maintenance.py).
+        self.maintenance = Maintenance(
+            config, store=store, sensor_names=source.sensor_names, transport=transport, clock=clock
+        )
 
     @staticmethod
     def _cpu_seconds() -> float:
@@ -160,13 +166,8 @@ class EdgeAgent:
         self._connect()
 
     def _backfill(self) -> None:
-        if self._history_units and not self.store.failed_units():
-            now = self.clock()
-            for run in self.source.history(self._history_units):
-                ts = now - (run.n_cycles - np.arange(run.n_cycles)) * 60.0
-                self.store.append_unit(
-                    unit=run.unit, values=run.sensors, ts=ts.tolist(), failed=True
-                )
+        if self._history_units and not self.maintenance.has_lives():
+            self.maintenance.backfill(self.source.history(self._history_units), self.clock())
 
     def _connect(self) -> None:
         offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
@@ -176,6 +177,7 @@ class EdgeAgent:
         )
         self.transport.subscribe(self.topics.global_model)
         self.transport.subscribe(self.topics.round_current)
+        self.transport.subscribe(self.topics.events(self.config.device))
         self.transport.publish(
             self.topics.status(self.config.device), self._status("online"), retain=True
         )
@@ -259,6 +261,7 @@ class EdgeAgent:
             handle.wait(2.0)
         except TransportError as exc:
             log.warning("%s: could not publish offline status: %s", self.config.device, exc)
+        self.maintenance.save()
         self._ack_telemetry(wait=2.0)
         self.transport.close()
 
@@ -289,11 +292,13 @@ class EdgeAgent:
         for msg in drain(self._inbox, timeout=timeout):
             self._handle(msg)
         now = self.clock()
+        self.maintenance.poll(now)  # events written by `fedge agent event` since the last step
         if self.config.sample_interval_s > 0 and now >= self._next_sample:
             self._next_sample = now + self.config.sample_interval_s
             self._sample(now)
         if now >= self._next_flush:
             self._next_flush = now + self.config.telemetry_interval_s
+            self.maintenance.flush()
             self._ack_telemetry(wait=0.0)
             if self.flush_telemetry(now):
                 self.predict_and_publish()
@@ -313,6 +318,8 @@ class EdgeAgent:
                 announcement = decode_message(RoundAnnouncement, msg.payload)
                 if announcement.fleet == self.config.fleet:
                     self._pending_round = announcement
+            elif msg.topic == self.topics.events(self.config.device):
+                self.maintenance.receive(msg.payload)
         except (FrameError, MessageError) as exc:
             self.stats.rejected_messages += 1
             self.stats.last_error = str(exc)
@@ -388,12 +395,10 @@ class EdgeAgent:
         sample = self.source.read()
         if sample is None:
             return
-        self.store.append(unit=sample.unit, cycle=sample.cycle, ts=now, values=sample.values)
-        self._current_unit = sample.unit
-        self._current_cycle = sample.cycle
+        placed = self.maintenance.place(sample, now)  # into its life; failures become events
+        self._current_unit = placed.unit
+        self._current_cycle = placed.cycle
         self.stats.readings += 1
-        if sample.failed:
-            self.store.mark_failed(sample.unit, sample.cycle + 1)
 
     def flush_telemetry(self, now: float) -> int:
         """Publish unsent readings in batches (QoS 1); returns how many were queued."""
@@ -462,15 +467,18 @@ class EdgeAgent:
 
     # Learning ----------------------------------------------------------------------------------
     def datasets(self, spec: ModelSpec) -> tuple[WindowDataset, WindowDataset]:
-        """Training and held-out windows from units that ran to failure (cached).
+        """Training and held-out windows from lives that ended in failure (cached).
+
+        Labels come from the lives (edge_agent.maintenance): RUL in ``rul_unit``;
+        lives closed by a repair or replacement are censored and not used.
 
         Every ``k``-th failed unit (k = 1/holdout_fraction) is held out, so the split
         is stable as new units fail and the model is never validated on its own
         training windows.
         """
-        units = tuple(self.store.failed_units())
+        units = self.maintenance.failed_units()
         if (
-            (units, spec) == self._dataset_key
+            (units, spec, self.maintenance.revision) == self._dataset_key
             and self._train_data is not None
             and self._holdout is not None
         ):
@@ -488,7 +496,8 @@ class EdgeAgent:
             values, cycles = self._model_inputs(spec, data.values, data.cycles)
             assert cycles is not None  # noqa: S101 - cycles were given
             numeric.update(set(names) - set(non_numeric_features(values, names)))
-            rul = np.minimum(data.rul(), spec.rul_cap)[len(data.cycles) - len(cycles) :]
+            labels = self.maintenance.rul_labels(data)
+            rul = np.minimum(labels, spec.rul_cap)[len(data.cycles) - len(cycles) :]
             if values.shape[0] < spec.window:
                 continue
             x, y = make_windows(values, rul, window=spec.window)
@@ -508,7 +517,7 @@ class EdgeAgent:
         self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window)
         self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window)
         # Keyed by the spec too: a new global model may read other inputs or windows.
-        self._dataset_key = (units, spec)
+        self._dataset_key = (units, spec, self.maintenance.revision)
         return self._train_data, self._holdout
 
     def _try_round(self, ann: RoundAnnouncement) -> None:
@@ -544,12 +553,18 @@ class EdgeAgent:
         except FedgeError as exc:
             self.stats.last_error = str(exc)
             log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, exc)
+            self._answered.add(ann.round_id)
+            self._pending_round = None
+            return
+        if frame is None:  # nothing to answer with (no failed life yet): say so
+            detail = f"device {self.config.device} has no data for a {ann.task} round"
+            self._decline(ann, NoDataError(detail))
+            return
         self._answered.add(ann.round_id)
         self._pending_round = None
-        if frame is not None:
-            self._publish_answer(ann, frame)
+        self._publish_answer(ann, frame)
 
-    def _decline(self, ann: RoundAnnouncement, exc: FeatureSchemaError) -> None:
+    def _decline(self, ann: RoundAnnouncement, exc: FeatureSchemaError | NoDataError) -> None:
         """Tell the aggregator why this device cannot answer ``ann`` (counted in the summary)."""
         self.stats.last_error = exc.detail
         self._answered.add(ann.round_id)
@@ -717,9 +732,13 @@ class EdgeAgent:
             horizon=spec.horizon,
             # Version 0 only carries the fleet's normalisation (no training yet): its
             # predictions are published for completeness but must not page anyone.
-            alert=bool(self.model_version > 0 and rul[0] < self.config.alert_rul),
+            alert=self.maintenance.predicted(
+                low=bool(self.model_version > 0 and rul[0] < self.config.alert_rul),
+                cycle=self._current_cycle,
+            ),
             unit=self._current_unit,
             cycle=self._current_cycle,
+            **self.maintenance.prediction_fields(),
         )
         try:
             self.transport.publish(
