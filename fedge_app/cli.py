@@ -20,6 +20,7 @@ from rich.table import Table
 
 from fedge.errors import ConfigError, FedgeError
 from fedge.messages import RoundSummary
+from fedge_app import maintenance_cli
 
 if TYPE_CHECKING:
     from edge_agent.sources import ReplaySensorSource
@@ -454,6 +455,11 @@ def ingest(
     except FedgeError as exc:
         raise _fail(exc) from exc
 
+
+# Maintenance (fedge_app/maintenance_cli.py). "agent-event" becomes "agent event" once
+# `agent` is a command group.
+app.command("agent-event")(maintenance_cli.event)
+app.command("backtest")(maintenance_cli.backtest)
 
 dashboards_app = typer.Typer(help="Grafana dashboards built from code.", no_args_is_help=True)
 app.add_typer(dashboards_app, name="dashboards")

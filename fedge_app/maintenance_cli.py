@@ -1,0 +1,177 @@
+"""Maintenance commands of the ``fedge`` CLI: record an event, backtest a history.
+
+``event`` writes a maintenance event into a (running) agent's SQLite store; the agent
+picks it up at its next step, cuts its lives there and publishes the event on
+``devices/<device>/events``. ``backtest`` runs :func:`fedge_app.backtest.run_backtest`
+over a CSV file. Both report errors as one line and exit with status 2, never with a
+traceback. (Registered in :mod:`fedge_app.cli`.)
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from fedge.errors import FedgeError
+
+__all__ = ["backtest", "event"]
+
+console = Console(stderr=True)
+out = Console() if sys.stdout.isatty() else Console(width=140)
+_MAX_WARNINGS_SHOWN = 20
+
+
+def _fail(exc: FedgeError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def event(
+    kind: Annotated[str, typer.Option(help="failure, repair or replace.")],
+    store: Annotated[Path, typer.Option(help="The agent's SQLite store.", dir_okay=False)],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="When it happened: unix seconds or ISO 8601 (UTC if naive); default now."
+        ),
+    ] = None,
+    note: Annotated[str, typer.Option(help="What was found or done (<= 500 characters).")] = "",
+    device: Annotated[
+        str | None, typer.Option(help="Check the store belongs to this device.")
+    ] = None,
+    fleet: Annotated[
+        str | None, typer.Option(help="Check the store belongs to this fleet.")
+    ] = None,
+) -> None:
+    """Record a maintenance event for the machine of the agent that owns STORE.
+
+    The running agent applies it at its next step without a restart: a failure closes
+    the machine's current life (its readings get remaining-useful-life labels), a repair
+    or replacement without failure closes a right-censored one. An event in the past
+    (--at) re-cuts the lives from that time on.
+    """
+    from edge_agent.maintenance_store import MaintenanceStore
+    from fedge.errors import ConfigError
+    from fedge.lives import MaintenanceEvent
+    from fedge_app.backtest import parse_timestamp
+
+    try:
+        if kind not in ("failure", "repair", "replace"):
+            raise ConfigError(f"--kind must be failure, repair or replace, got {kind!r}")
+        try:
+            ts = datetime.now(UTC).timestamp() if at is None else parse_timestamp(at)
+        except ValueError as exc:
+            raise ConfigError(f"--at: {exc}") from exc
+        db = MaintenanceStore.open(store)
+        try:
+            identity = db.identity()
+            if identity is None:
+                raise ConfigError(f"{store} has no agent identity yet: start the agent once")
+            checks = ((fleet, identity[0], "fleet"), (device, identity[1], "device"))
+            for given, known, what in checks:
+                if given is not None and given != known:
+                    raise ConfigError(f"{store} belongs to {what} {known!r}, not {given!r}")
+            try:
+                record = MaintenanceEvent.new(
+                    fleet=identity[0],
+                    device=identity[1],
+                    kind=_kind(kind),
+                    ts=ts,
+                    source="cli",
+                    note=note,
+                )
+            except ValidationError as exc:  # a time outside 2000..2100, a note too long
+                err = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise ConfigError(f"invalid event: {where}: {err['msg']}") from exc
+            db.add_event(record, sent=False)
+        finally:
+            db.close()
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    out.print(
+        f"recorded {record.kind} of {record.fleet}/{record.device} at {_when(record.ts)} "
+        f"(event {record.event_id}); the agent applies it at its next step",
+        highlight=False,
+    )
+
+
+def _kind(text: str) -> Literal["failure", "repair", "replace"]:
+    if text == "failure":
+        return "failure"
+    if text == "repair":
+        return "repair"
+    return "replace"
+
+
+def backtest(
+    csv_path: Annotated[Path, typer.Argument(help="CSV history: a time column and sensors.")],
+    time_column: Annotated[str, typer.Option(help="Name of the time column.")] = "time",
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Output CSV (default: <csv>.backtest.csv).")
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Sensor columns, comma-separated (default: numeric ones).")
+    ] = None,
+    baseline_hours: Annotated[
+        float | None, typer.Option(help="Baseline: the first H hours of the file.")
+    ] = None,
+    baseline_fraction: Annotated[
+        float | None, typer.Option(help="Baseline: this fraction of the rows.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Aggregator checkpoint directory: also predict RUL.")
+    ] = None,
+) -> None:
+    """Replay a CSV history through the health score (and a fleet model) offline.
+
+    What would fedge have said about this machine? One output row per input row
+    (health, score, alert[, rul], reason) and a PNG plot next to it; bad rows are
+    skipped and reported with their line numbers.
+    """
+    from fedge_app.backtest import run_backtest
+
+    names = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    target = out_path or csv_path.with_name(csv_path.stem + ".backtest.csv")
+    try:
+        summary = run_backtest(
+            csv_path,
+            time_column=time_column,
+            out_path=target,
+            columns=names,
+            baseline_hours=baseline_hours,
+            baseline_fraction=baseline_fraction,
+            model_checkpoint=checkpoint,
+        )
+    except FedgeError as exc:
+        raise _fail(exc) from exc
+    for warning in summary.warnings[:_MAX_WARNINGS_SHOWN]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    hidden = len(summary.warnings) - _MAX_WARNINGS_SHOWN
+    if hidden > 0:
+        console.print(f"[yellow]warning:[/] ... and {hidden} more (see {summary.out_path})")
+    first = "none" if summary.first_alert is None else _when(summary.first_alert)
+    lines = [
+        f"rows: {summary.rows} scored, {summary.bad_rows} skipped",
+        f"columns: {', '.join(summary.columns)}",
+        f"baseline: first {summary.baseline_rows} rows, {_when(summary.baseline_start)} .. "
+        f"{_when(summary.baseline_end)} ({summary.baseline_hours:.3g} h)",
+        f"first alert: {first}",
+        f"alerts raised: {summary.alert_count}",
+    ]
+    if summary.model_version is not None:
+        lines.append(f"RUL: model v{summary.model_version} from {checkpoint}")
+    lines += [f"output: {summary.out_path}", f"plot: {summary.plot_path}"]
+    for line in lines:
+        out.print(line, highlight=False)
