@@ -731,9 +731,16 @@ class EdgeAgent:
             failure_probability=float(np.clip(prob[0], 0.0, 1.0)),
             horizon=spec.horizon,
             # Version 0 only carries the fleet's normalisation (no training yet): its
-            # predictions are published for completeness but must not page anyone.
+            # predictions are published for completeness but must not page anyone. Nor
+            # must one on a life younger than the model's window: the model was trained
+            # on full windows only (a history-context one reads noise in a young life's
+            # drift: RUL 5-25 for new C-MAPSS engines, see benchmarks/alerts.py).
             alert=self.maintenance.predicted(
-                low=bool(self.model_version > 0 and rul[0] < self.config.alert_rul),
+                low=bool(
+                    self.model_version > 0
+                    and rul[0] < self.config.alert_rul
+                    and (self._current_cycle or 0) >= spec.window - 1
+                ),
                 cycle=self._current_cycle,
             ),
             unit=self._current_unit,

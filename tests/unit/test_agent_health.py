@@ -125,3 +125,21 @@ def test_rul_alerts_follow_the_persistence_rule(tmp_path: Path) -> None:
     ]
     np.testing.assert_array_equal(len(agent.maintenance.watch.intervals), 1)
     agent.stop()
+
+
+def test_a_life_younger_than_the_models_window_raises_no_rul_alert(tmp_path: Path) -> None:
+    clock = Clock()
+    broker = InMemoryBroker()
+    agent = make_agent(tmp_path, clock, broker=broker, alert_rul=1e9)  # every RUL is "low"
+    agent.start()
+    publisher(broker).publish(TOPICS.global_model, _model_frame(), retain=True)
+    agent.step()
+    alerts = []
+    for i in range(SPEC.window + 2):
+        sample_at(agent, clock, T0 + i)
+        pred = agent.predict_and_publish()
+        assert pred is not None and pred.cycle == i
+        alerts.append(pred.alert)
+    # Trained on full windows only: the model may page from the window's last cycle on.
+    assert alerts == [False] * (SPEC.window - 1) + [True] * 3
+    agent.stop()
