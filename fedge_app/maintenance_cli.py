@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from pydantic import ValidationError
@@ -21,7 +21,12 @@ from rich.markup import escape
 
 from fedge.errors import FedgeError
 
-__all__ = ["backtest", "event"]
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from edge_agent.life_watch import LifeOutcome
+
+__all__ = ["backtest", "event", "lives_summary", "lives_table"]
 
 console = Console(stderr=True)
 out = Console() if sys.stdout.isatty() else Console(width=140)
@@ -175,3 +180,54 @@ def backtest(
     lines += [f"output: {summary.out_path}", f"plot: {summary.plot_path}"]
     for line in lines:
         out.print(line, highlight=False)
+
+
+def lives_table(lives: list[LifeOutcome], title: str, *, per_device: bool = False) -> Table:
+    """The closed lives of a demo: each failure with its first alert and lead time, and
+    the false alarms (``per_device``: one row per device instead)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.caption = (
+        "lead: cycles between the alert and the failure; alerted: >= 20 cycles ahead; "
+        "false alarms: raised > 125 cycles before the end"
+    )
+    if per_device:
+        for col in ("device", "failures", "alerted", "median lead", "false alarms"):
+            table.add_column(col, justify="left" if col == "device" else "right")
+        for device in sorted({o.device for o in lives}):
+            mine = [o for o in lives if o.device == device]
+            failed = [o for o in mine if o.end_kind == "failure"]
+            leads = sorted(o.lead for o in failed if o.lead is not None)
+            table.add_row(
+                device,
+                str(len(failed)),
+                str(sum(o.alerted for o in failed)),
+                "-" if not leads else f"{leads[len(leads) // 2]:.0f}",
+                str(sum(o.false_alarms for o in mine)),
+            )
+        return table
+    for col in ("device", "life", "ended by", "cycles", "first alert", "lead", "alerted", "FA"):
+        table.add_column(col, justify="left" if col in ("device", "ended by") else "right")
+    for o in lives:
+        table.add_row(
+            o.device,
+            str(o.unit),
+            o.end_kind,
+            f"{o.length:.0f}",
+            o.first_alert_kind or "-",
+            "-" if o.lead is None else f"{o.lead:.0f}",
+            "yes" if o.alerted else "no",
+            str(o.false_alarms),
+        )
+    return table
+
+
+def lives_summary(figures: dict[str, object]) -> str:
+    """One line from :func:`fedge_app.demo.failure_figures`."""
+    lead = figures["median_lead"]
+    return (
+        f"failures: {figures['failures']}, alerted >= 20 cycles ahead: "
+        f"{figures['failures_alerted']}, median lead "
+        f"{'-' if lead is None else f'{lead:.0f}'} cycles, false alarms: {figures['false_alarms']}"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,21 @@ def test_demo_learns_and_writes_summary(tmp_path: Path) -> None:
     assert data["telemetry"]["rejected"] == 0
     report = Path(data["report_path"]).read_text()
     assert report.count("<svg") >= 2 and "validation RMSE" in report
+    # The maintenance story: machines failed during the demo, the technician recorded it,
+    # and each failure's alerts were scored.
+    failed = [life for life in data["lives"] if life["end_kind"] == "failure"]
+    assert data["failures"] == len(failed) >= 1
+    assert data["failures_alerted"] == sum(life["alerted"] for life in failed)
+    leads = [life["lead"] for life in failed if life["lead"] is not None]
+    assert (data["median_lead"] is None) == (not leads)
+    assert data["median_lead"] is None or min(leads) <= data["median_lead"] <= max(leads) <= 125
+    assert data["false_alarms"] == sum(life["false_alarms"] for life in data["lives"])
+    assert "failures per device" in result.stdout
+    assert f"failures: {data['failures']}, alerted >= 20 cycles ahead" in result.stdout
+    assert "Failures and the alerts before them" in report and "health" in report
+    with sqlite3.connect(data["telemetry_path"]) as db:
+        kinds = dict(db.execute("SELECT kind, COUNT(*) FROM event GROUP BY kind").fetchall())
+    assert kinds.get("failure", 0) >= 1 and kinds.get("repair", 0) >= 1  # via MQTT and ingest
 
 
 def test_broker_provision_add_and_revoke_write_loadable_configs(tmp_path: Path) -> None:
