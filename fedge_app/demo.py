@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -160,15 +161,11 @@ def failure_figures(lives: list[LifeOutcome]) -> dict[str, Any]:
     """``failures``, ``failures_alerted`` (warned >= 20 cycles ahead), ``median_lead``
     (cycles, over the failures warned at all) and ``false_alarms`` of closed lives."""
     failed = [o for o in lives if o.end_kind == "failure"]
-    leads = sorted(o.lead for o in failed if o.lead is not None)
-    median = None
-    if leads:
-        mid = len(leads) // 2
-        median = leads[mid] if len(leads) % 2 else (leads[mid - 1] + leads[mid]) / 2
+    leads = [o.lead for o in failed if o.lead is not None]
     return {
         "failures": len(failed),
         "failures_alerted": sum(1 for o in failed if o.alerted),
-        "median_lead": median,
+        "median_lead": float(statistics.median(leads)) if leads else None,
         "false_alarms": sum(o.false_alarms for o in lives),
     }
 

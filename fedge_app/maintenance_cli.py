@@ -9,6 +9,7 @@ traceback. (Registered in :mod:`fedge_app.cli`.)
 
 from __future__ import annotations
 
+import statistics
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,12 +199,12 @@ def lives_table(lives: list[LifeOutcome], title: str, *, per_device: bool = Fals
         for device in sorted({o.device for o in lives}):
             mine = [o for o in lives if o.device == device]
             failed = [o for o in mine if o.end_kind == "failure"]
-            leads = sorted(o.lead for o in failed if o.lead is not None)
+            leads = [o.lead for o in failed if o.lead is not None]
             table.add_row(
                 device,
                 str(len(failed)),
                 str(sum(o.alerted for o in failed)),
-                "-" if not leads else f"{leads[len(leads) // 2]:.0f}",
+                "-" if not leads else f"{statistics.median(leads):.0f}",
                 str(sum(o.false_alarms for o in mine)),
             )
         return table

@@ -413,3 +413,20 @@ def test_any_event_sequence_gives_the_lives_of_split_lives(
     assert_matches_split_lives(agent)
     agent.stop()
     agent.store.close()
+
+
+def test_rul_in_operating_hours_counts_to_the_failure_event(tmp_path: Path) -> None:
+    clock = Clock()
+    agent = make_agent(tmp_path, clock, rul_unit="hours")
+    agent.start()
+    for i in range(6):  # a reading every 10 minutes
+        sample_at(agent, clock, T0 + 600 * i)
+    cli_write(agent.config.store_path, event("failure", T0 + 3600))  # 10 min after the last
+    clock.now = T0 + 4000
+    agent.step()
+    data = agent.store.unit_data(0)
+    # Hours from each reading to the failure event: 1, 5/6, ..., 1/6.
+    np.testing.assert_allclose(
+        agent.maintenance.rul_labels(data), [1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6], rtol=1e-6
+    )
+    agent.stop()
