@@ -74,7 +74,8 @@ _LOG_EVERY = 1000
 
 
 class IngestService:
-    """Subscribes to one fleet's telemetry, predictions, status and round summaries.
+    """Subscribes to one fleet's telemetry, predictions, status, maintenance events and
+    round summaries.
 
     The sink is owned by the caller: :meth:`stop` flushes it but does not close it.
     If ``shared_group`` is set, subscriptions use ``$share/<group>/<filter>`` so
@@ -149,6 +150,7 @@ class IngestService:
             self.topics.all_telemetry,
             self.topics.all_predictions,
             self.topics.all_status,
+            self.topics.all_events,
             self.topics.round_summary,
         ]
         if self.shared_group:

@@ -4,9 +4,10 @@
 files; see :func:`dashboards.fleet.export_dashboards`.
 """
 
-from dashboards.builder import Dashboard, Panel, Row, Target, Variable
+from dashboards.builder import Annotation, Dashboard, Panel, Row, Target, Variable
 from dashboards.fleet import (
     all_queries,
+    annotation_queries,
     dashboards,
     device_dashboard,
     export_dashboards,
@@ -16,12 +17,14 @@ from dashboards.fleet import (
 )
 
 __all__ = [
+    "Annotation",
     "Dashboard",
     "Panel",
     "Row",
     "Target",
     "Variable",
     "all_queries",
+    "annotation_queries",
     "dashboards",
     "device_dashboard",
     "export_dashboards",

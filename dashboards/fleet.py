@@ -1,9 +1,13 @@
 """fedge's three Grafana dashboards and their provisioning files, built from code.
 
 * **fleet overview** (``fedge-fleet``): devices online, device status, RUL ranking,
-  predictions, alerts, ingestion rate.
+  predictions, health scores, alerts, ingestion rate.
 * **device drill-down** (``fedge-device``): one ``$device`` — sensors, predictions,
-  health, alerts, latest readings.
+  health score, alerts, latest readings.
+
+Both mark maintenance events (the ``event`` measurement) on every time panel as
+annotations: failures in red, repairs and replacements in green, with the note as
+text and kind and device as tags.
 * **federated training** (``fedge-training``): rounds, participants, loss and
   validation error, rejected updates by reason, bytes, durations.
 
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from dashboards.builder import (
     DATASOURCE_UID,
+    Annotation,
     Dashboard,
     Panel,
     Row,
@@ -34,6 +39,7 @@ from dashboards.builder import (
 
 __all__ = [
     "all_queries",
+    "annotation_queries",
     "dashboards",
     "device_dashboard",
     "export_dashboards",
@@ -82,6 +88,7 @@ DEVICE_VAR = Variable(
 ONLINE_MAPPINGS = (("1", "online", "green"), ("0", "offline", "red"))
 RUL_THRESHOLDS = ((None, "red"), (30.0, "orange"), (60.0, "green"))
 PROB_THRESHOLDS = ((None, "green"), (0.3, "orange"), (0.6, "red"))
+HEALTH_THRESHOLDS = ((None, "red"), (0.5, "orange"), (0.8, "green"))
 NO_TIME_COLUMN = ({"id": "organize", "options": {"excludeByName": {"Time": True}}},)
 
 
@@ -111,6 +118,30 @@ def _drill_down_link(column: str) -> dict[str, object]:
             }
         ],
     }
+
+
+def _event_annotations(where: Sequence[str]) -> tuple[Annotation, ...]:
+    """Failures (red) and repairs/replacements (green) from the ``event`` measurement."""
+
+    def query(kind: str) -> str:
+        return influxql('"note", "kind", "device", "source"', '"event"', where=(*where, kind, TIME))
+
+    return (
+        Annotation(
+            "Failures",
+            query("\"kind\" = 'failure'"),
+            text_column="note",
+            tags_column="kind,device",
+            icon_color="red",
+        ),
+        Annotation(
+            "Repairs and replacements",
+            query("\"kind\" != 'failure'"),
+            text_column="note",
+            tags_column="kind,device",
+            icon_color="green",
+        ),
+    )
 
 
 def _per_device(select: str, source: str, fill: str) -> Target:
@@ -200,6 +231,15 @@ def fleet_dashboard() -> Dashboard:
             max=1.0,
             thresholds=PROB_THRESHOLDS,
         ),
+        timeseries(
+            "Health score",
+            _per_device('mean("health")', '"prediction"', "none"),
+            width=24,
+            min=0.0,
+            max=1.0,
+            thresholds=HEALTH_THRESHOLDS,
+            description="1 = like the start of the current life, 0.5 = anomaly threshold.",
+        ),
         Row("Alerts"),
         table(
             "Recent alerts",
@@ -231,6 +271,7 @@ def fleet_dashboard() -> Dashboard:
         description="Fleet health, predicted remaining useful life and alerts.",
         items=items,
         variables=(FLEET_VAR,),
+        annotations=_event_annotations((FLEET,)),
     )
 
 
@@ -289,6 +330,14 @@ def device_dashboard() -> Dashboard:
             ),
         ),
         timeseries(
+            "Health score",
+            _device_series('mean("health")', '"prediction"', "none", "health"),
+            min=0.0,
+            max=1.0,
+            thresholds=HEALTH_THRESHOLDS,
+            description="1 = like the start of the current life, 0.5 = anomaly threshold.",
+        ),
+        timeseries(
             "Readings per interval",
             _device_series('count("seq")', '"telemetry"', "0", "readings"),
         ),
@@ -318,6 +367,7 @@ def device_dashboard() -> Dashboard:
         description="Sensors, predictions and agent health of one device.",
         items=items,
         variables=(FLEET_VAR, DEVICE_VAR),
+        annotations=_event_annotations((FLEET, DEVICE)),
     )
 
 
@@ -403,6 +453,11 @@ def dashboards() -> list[Dashboard]:
 def all_queries() -> list[tuple[str, str, str]]:
     """``(dashboard uid, panel title, InfluxQL)`` for every panel target."""
     return [(d.uid, title, query) for d in dashboards() for title, query in d.queries()]
+
+
+def annotation_queries() -> list[tuple[str, str, str]]:
+    """``(dashboard uid, annotation name, InfluxQL)`` for every annotation query."""
+    return [(d.uid, a.name, a.query) for d in dashboards() for a in d.annotations]
 
 
 def variable_queries() -> list[tuple[str, str, str]]:

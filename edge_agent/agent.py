@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenacity
 
+from edge_agent.maintenance import Maintenance
 from edge_agent.model_gate import ModelGate
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
@@ -145,9 +146,8 @@ class EdgeAgent:
         self._pending_round: AdmittedRound | None = None
         self._answered: set[int] = set()
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
-        self._dataset_key: tuple[tuple[int, ...], ModelSpec] | None = None
+        self._dataset_key: tuple[tuple[int, ...], ModelSpec, int] | None = None
         self._columns: dict[ModelSpec, np.ndarray] = {}
-        self._live_position: tuple[int, int] | None = None
         # Set when the agent must stop: local training checks it between mini-batches.
         self._halt = threading.Event()
         self._job: (
@@ -163,6 +163,10 @@ class EdgeAgent:
         self._next_status = 0.0
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
         self._snapshot: tuple[str | None, int | None] | None = None
+        # Events, lives, labels and the health score (edge_agent/maintenance.py).
+        self.maintenance = Maintenance(
+            config, store=store, sensor_names=source.sensor_names, transport=transport, clock=clock
+        )
 
     @staticmethod
     def _cpu_seconds() -> float:
@@ -245,13 +249,8 @@ class EdgeAgent:
         log.info("%s: restored global model v%d from the store", self.config.device, version)
 
     def _backfill(self) -> None:
-        if self._history_units and not self.store.failed_units():
-            now = self.clock()
-            for run in self.source.history(self._history_units):
-                ts = now - (run.n_cycles - np.arange(run.n_cycles)) * 60.0
-                self.store.append_unit(
-                    unit=run.unit, values=run.sensors, ts=ts.tolist(), failed=True
-                )
+        if self._history_units and not self.maintenance.has_lives():
+            self.maintenance.backfill(self.source.history(self._history_units), self.clock())
 
     def _connect(self) -> None:
         offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
@@ -261,6 +260,10 @@ class EdgeAgent:
         self.transport.connect(on_message=self._inbox.put, will=Will(topic, will, retain=True))
         self.transport.subscribe(self.topics.global_model)
         self.transport.subscribe(self.topics.round_current)
+        if self.authenticator.mode == "off":
+            # Operator events over MQTT (unsigned fleets only: in verify mode events come
+            # through the agent's store, `fedge agent event`, which needs no signature).
+            self.transport.subscribe(self.topics.events(self.config.device))
         self._publish(topic, self._status("online"), retain=True)
 
     def _connect_with_retry(self, stop: threading.Event) -> bool:
@@ -362,6 +365,7 @@ class EdgeAgent:
             handle.wait(2.0)
         except TransportError as exc:
             log.warning("%s: could not publish offline status: %s", self.config.device, exc)
+        self.maintenance.save()
         self._ack_telemetry(wait=2.0)
         self.transport.close()
         self.source.close()
@@ -401,11 +405,13 @@ class EdgeAgent:
         for msg in drain(self._inbox, timeout=timeout):
             self._contained(self._handle, msg)
         now = self.clock()
+        self.maintenance.poll(now)  # events written by `fedge agent event` since the last step
         if self.config.sample_interval_s > 0 and now >= self._next_sample:
             self._next_sample = now + self.config.sample_interval_s
             self._sample(now)
         if now >= self._next_flush:
             self._next_flush = now + self.config.telemetry_interval_s
+            self.maintenance.flush()
             self._ack_telemetry(wait=0.0)
             if self.flush_telemetry(now):
                 self._contained(self.predict_and_publish)
@@ -464,6 +470,10 @@ class EdgeAgent:
                 # are ignored and expired deadlines refused (check_announcement).
                 payload = self.authenticator.open_message(msg.payload, msg.topic, now=self.clock())
                 self._on_announcement(decode_message(RoundAnnouncement, payload))
+            elif msg.topic == self.topics.events(self.config.device):
+                self.maintenance.receive(
+                    self.authenticator.open_message(msg.payload, msg.topic, now=self.clock())
+                )
         except ProtocolError as exc:
             self._refuse(exc.reason.value, msg.topic, str(exc))
         except RefusedError as exc:
@@ -604,22 +614,10 @@ class EdgeAgent:
         sample = self.source.read()
         if sample is None:
             return
-        if sample.unit is not None and sample.cycle is not None:
-            unit, cycle = sample.unit, sample.cycle
-        else:
-            # A live plant source: the reading belongs to the machine's current unit.
-            if self._live_position is None:
-                self._live_position = self.store.live_position()
-            unit, cycle = self._live_position
-            self._live_position = (unit, cycle + 1)
-        ts = sample.ts if sample.ts is not None else now
-        self.store.append(unit=unit, cycle=cycle, ts=ts, values=sample.values)
-        self._current_unit = unit
-        self._current_cycle = cycle
+        placed = self.maintenance.place(sample, now)  # into its life; failures become events
+        self._current_unit = placed.unit
+        self._current_cycle = placed.cycle
         self.stats.readings += 1
-        if sample.failed:
-            self.store.mark_failed(unit, cycle + 1)
-            self._live_position = (unit + 1, 0)
 
     def flush_telemetry(self, now: float) -> int:
         """Publish unsent readings in batches (QoS 1); returns how many were queued."""
@@ -688,15 +686,18 @@ class EdgeAgent:
 
     # Learning ----------------------------------------------------------------------------------
     def datasets(self, spec: ModelSpec) -> tuple[WindowDataset, WindowDataset]:
-        """Training and held-out windows from units that ran to failure (cached).
+        """Training and held-out windows from lives that ended in failure (cached).
+
+        Labels come from the lives (edge_agent.maintenance): RUL in ``rul_unit``;
+        lives closed by a repair or replacement are censored and not used.
 
         Every ``k``-th failed unit (k = 1/holdout_fraction) is held out, so the split
         is stable as new units fail and the model is never validated on its own
         training windows.
         """
-        units = tuple(self.store.failed_units())
+        units = self.maintenance.failed_units()
         if (
-            (units, spec) == self._dataset_key
+            (units, spec, self.maintenance.revision) == self._dataset_key
             and self._train_data is not None
             and self._holdout is not None
         ):
@@ -714,7 +715,8 @@ class EdgeAgent:
             values, cycles = self._model_inputs(spec, data.values, data.cycles)
             assert cycles is not None  # noqa: S101 - cycles were given
             numeric.update(set(names) - set(non_numeric_features(values, names)))
-            rul = np.minimum(data.rul(), spec.rul_cap)[len(data.cycles) - len(cycles) :]
+            labels = self.maintenance.rul_labels(data)
+            rul = np.minimum(labels, spec.rul_cap)[len(data.cycles) - len(cycles) :]
             if values.shape[0] < spec.window:
                 continue
             x, y = make_windows(values, rul, window=spec.window)
@@ -734,7 +736,7 @@ class EdgeAgent:
         self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window)
         self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window)
         # Keyed by the spec too: a new global model may read other inputs or windows.
-        self._dataset_key = (units, spec)
+        self._dataset_key = (units, spec, self.maintenance.revision)
         return self._train_data, self._holdout
 
     def _try_round(self, admitted: AdmittedRound) -> None:
@@ -777,10 +779,16 @@ class EdgeAgent:
         except FedgeError as exc:
             self.stats.last_error = str(exc)
             log.warning("%s: cannot answer round %d: %s", self.config.device, ann.round_id, exc)
+            self._answered.add(ann.round_id)
+            self._pending_round = None
+            return
+        if frame is None:  # nothing to answer with (no failed life yet): say so
+            detail = f"device {self.config.device} has no data for a {ann.task} round"
+            self._decline(ann, RejectReason.NO_DATA, detail)
+            return
         self._answered.add(ann.round_id)
         self._pending_round = None
-        if frame is not None:
-            self._publish_answer(ann, frame)
+        self._publish_answer(ann, frame)
 
     def _has_base(self, ann: RoundAnnouncement) -> bool:
         """True if the device runs the round's base model; declines when it never will."""
@@ -992,10 +1000,21 @@ class EdgeAgent:
             failure_probability=float(np.clip(prob[0], 0.0, 1.0)),
             horizon=spec.horizon,
             # Version 0 only carries the fleet's normalisation (no training yet): its
-            # predictions are published for completeness but must not page anyone.
-            alert=bool(self.model_version > 0 and rul[0] < self.config.alert_rul),
+            # predictions are published for completeness but must not page anyone. Nor
+            # must one on a life younger than the model's window: the model was trained
+            # on full windows only (a history-context one reads noise in a young life's
+            # drift: RUL 5-25 for new C-MAPSS engines, see benchmarks/alerts.py).
+            alert=self.maintenance.predicted(
+                low=bool(
+                    self.model_version > 0
+                    and rul[0] < self.config.alert_rul
+                    and (self._current_cycle or 0) >= spec.window - 1
+                ),
+                cycle=self._current_cycle,
+            ),
             unit=self._current_unit,
             cycle=self._current_cycle,
+            **self.maintenance.prediction_fields(),
         )
         try:
             self._publish(self.topics.prediction(self.config.device), encode_message(prediction))

@@ -4,7 +4,9 @@ Every reading gets a per-device sequence number (``AUTOINCREMENT``: never reused
 even after pruning) and stays flagged unsent until the broker acknowledged the
 telemetry batch that carried it, so a broker outage or a reboot loses nothing.
 Units that ran to failure carry their length, which labels their readings with
-remaining useful life for local training. The first ``MAX_BASELINE_CYCLES``
+remaining useful life for local training (a unit is one *life* of the machine, cut at
+maintenance events by :mod:`edge_agent.maintenance`, which re-cuts them with
+:meth:`ReadingStore.relabel` when an event arrives late). The first ``MAX_BASELINE_CYCLES``
 readings of every unit are also kept in ``unit_head``, which pruning leaves
 alone while the unit has readings: they are the unit's baseline (see
 :mod:`fedge.data.context`), needed for as long as the unit runs.
@@ -13,7 +15,7 @@ alone while the unit has readings: they are the unit's baseline (see
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from fedge.errors import StorageError
 from fedge.spec import MAX_BASELINE_CYCLES
 from fedge.storage import open_sqlite
 
-__all__ = ["ReadingStore", "StoredReading", "UnitData"]
+__all__ = ["ReadingIndex", "ReadingStore", "StoredReading", "UnitData"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 CREATE INDEX IF NOT EXISTS readings_unsent ON readings (seq) WHERE sent = 0;
 CREATE INDEX IF NOT EXISTS readings_unit ON readings (unit, cycle);
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
 CREATE TABLE IF NOT EXISTS units (
     unit     INTEGER PRIMARY KEY,
     n_cycles INTEGER NOT NULL
@@ -72,12 +75,26 @@ class UnitData:
     cycles: np.ndarray
     values: np.ndarray
     n_cycles: int | None
+    ts: np.ndarray | None = None
 
     def rul(self) -> np.ndarray:
         """Remaining useful life of each reading (only for failed units)."""
         if self.n_cycles is None:
             raise ValueError(f"unit {self.unit} has not failed; its RUL is unknown")
         return (self.n_cycles - 1 - self.cycles).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingIndex:
+    """Where some readings are: sequence number, unit, cycle and time, in time order."""
+
+    seq: np.ndarray
+    unit: np.ndarray
+    cycle: np.ndarray
+    ts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.seq.shape[0])
 
 
 class ReadingStore:
@@ -261,7 +278,7 @@ class ReadingStore:
 
     def unit_data(self, unit: int) -> UnitData:
         rows = self._db.execute(
-            "SELECT cycle, vals FROM readings WHERE unit = ? ORDER BY cycle", (unit,)
+            "SELECT cycle, vals, ts FROM readings WHERE unit = ? ORDER BY cycle", (unit,)
         ).fetchall()
         n = self._db.execute("SELECT n_cycles FROM units WHERE unit = ?", (unit,)).fetchone()
         cycles = np.array([r[0] for r in rows], dtype=np.int64)
@@ -272,7 +289,13 @@ class ReadingStore:
             if rows
             else np.zeros((0, self.n_features), np.float32)
         )
-        return UnitData(unit, cycles, values.astype(np.float32), None if n is None else int(n[0]))
+        return UnitData(
+            unit,
+            cycles,
+            values.astype(np.float32),
+            None if n is None else int(n[0]),
+            ts=np.array([r[2] for r in rows], dtype=np.float64),
+        )
 
     def head(self, unit: int) -> np.ndarray:
         """The unit's first readings (cycles 0, 1, ... without gaps), shape (<=64, F).
@@ -300,6 +323,103 @@ class ReadingStore:
             return np.zeros((0, self.n_features), np.float32)
         data = np.frombuffer(b"".join(r[0] for r in reversed(rows)), dtype="<f4")
         return data.reshape(len(rows), self.n_features).astype(np.float32)
+
+    # Lives (edge_agent.maintenance) ------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The store's connection, for tables kept in the same file and transactions
+        (:mod:`edge_agent.maintenance_store`). Same thread rules as the store."""
+        return self._db
+
+    def unit_rows(self, unit: int, *, after_seq: int = 0) -> list[StoredReading]:
+        """Readings of ``unit`` with ``seq > after_seq``, in time order."""
+        rows = self._db.execute(
+            "SELECT seq, unit, cycle, ts, vals FROM readings WHERE unit = ? AND seq > ? "
+            "ORDER BY ts, seq",
+            (unit, after_seq),
+        ).fetchall()
+        return [
+            StoredReading(r[0], r[1], r[2], r[3], np.frombuffer(r[4], dtype="<f4").copy())
+            for r in rows
+        ]
+
+    def reading_index(self, *, from_unit: int) -> ReadingIndex:
+        """Every reading of units ``>= from_unit``, ordered by (ts, seq)."""
+        rows = self._db.execute(
+            "SELECT seq, unit, cycle, ts FROM readings WHERE unit >= ? ORDER BY ts, seq",
+            (from_unit,),
+        ).fetchall()
+        arr = np.array(rows, dtype=np.float64).reshape(len(rows), 4)
+        return ReadingIndex(
+            seq=arr[:, 0].astype(np.int64),
+            unit=arr[:, 1].astype(np.int64),
+            cycle=arr[:, 2].astype(np.int64),
+            ts=arr[:, 3].copy(),
+        )
+
+    def unit_at_or_after(self, ts: float) -> int | None:
+        """The unit of the first reading at or after ``ts`` (None: no such reading)."""
+        row = self._db.execute(
+            "SELECT unit FROM readings WHERE ts >= ? ORDER BY ts, seq LIMIT 1", (ts,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def last_unit(self) -> int | None:
+        """The unit of the newest reading (None: no readings)."""
+        row = self._db.execute("SELECT unit FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
+
+    def unit_before(self, unit: int) -> int | None:
+        """The highest unit below ``unit`` that still has readings."""
+        row = self._db.execute("SELECT MAX(unit) FROM readings WHERE unit < ?", (unit,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def last_ts(self, unit: int) -> float | None:
+        """Time of the newest reading of ``unit``."""
+        row = self._db.execute("SELECT MAX(ts) FROM readings WHERE unit = ?", (unit,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def relabel(
+        self,
+        moves: Sequence[tuple[int, int, int]],
+        *,
+        from_unit: int,
+        keep_head_below: float,
+        failed: Mapping[int, int],
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Move readings to other units/cycles, in one transaction.
+
+        ``moves`` are ``(seq, unit, cycle)``. Every unit from ``from_unit`` on is
+        rebuilt: its ``unit_head`` rows from its readings (except the first
+        ``keep_head_below`` cycles of ``from_unit``, which may hold baseline rows
+        whose readings were pruned), its failure record from ``failed`` (unit ->
+        number of cycles). ``also`` runs inside the same transaction (the lives table).
+        """
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "UPDATE readings SET unit = ?, cycle = ? WHERE seq = ?",
+                    [(unit, cycle, seq) for seq, unit, cycle in moves],
+                )
+                self._db.execute(
+                    "DELETE FROM unit_head WHERE unit > ? OR (unit = ? AND cycle >= ?)",
+                    (from_unit, from_unit, keep_head_below),
+                )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO unit_head SELECT unit, cycle, vals FROM readings "
+                    "WHERE unit >= ? AND cycle < ?",
+                    (from_unit, MAX_BASELINE_CYCLES),
+                )
+                self._db.execute("DELETE FROM units WHERE unit >= ?", (from_unit,))
+                self._db.executemany(
+                    "INSERT INTO units VALUES (?, ?)", sorted(failed.items())
+                )
+                if also is not None:
+                    also(self._db)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot re-cut the units of {self.path}: {exc}") from exc
 
     def unsent(self, limit: int) -> list[StoredReading]:
         """Oldest readings not yet acknowledged by the broker."""

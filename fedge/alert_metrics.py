@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from fedge.errors import DataError
 
-__all__ = ["AlertScore", "ObservedLife", "alert_intervals", "score_alerts"]
+__all__ = ["AlertScore", "ObservedLife", "alert_intervals", "persistent_alerts", "score_alerts"]
 
 AlertInterval = tuple[float, float | None]
 
@@ -98,6 +98,29 @@ def alert_intervals(times: npt.ArrayLike, alert: npt.ArrayLike) -> list[AlertInt
         (float(t[r]), float(t[f]) if f < t.shape[0] else None)
         for r, f in zip(rises, falls, strict=True)
     ]
+
+
+def persistent_alerts(triggers: npt.ArrayLike, *, k: int, n: int) -> npt.NDArray[np.bool_]:
+    """Alert state per reading from per-reading triggers (e.g. "predicted RUL < 30").
+
+    The alert is raised once at least ``k`` of the last ``n`` triggers fired (one low
+    prediction is not an alarm) and cleared once none of the last ``n`` did. The same
+    rule as the agent's RUL alert (:class:`edge_agent.life_watch.LifeWatch`).
+    """
+    if not 1 <= k <= n:
+        raise DataError(f"need 1 <= k <= n, got k={k}, n={n}")
+    fired = np.asarray(triggers, dtype=np.bool_)
+    if fired.ndim != 1:
+        raise DataError(f"triggers must be 1-D, got shape {fired.shape}")
+    if fired.shape[0] == 0:
+        return np.zeros(0, dtype=np.bool_)
+    window = np.convolve(fired.astype(np.int64), np.ones(n, dtype=np.int64))[: fired.shape[0]]
+    out = np.zeros(fired.shape, dtype=np.bool_)
+    active = False
+    for i, count in enumerate(window.tolist()):
+        active = count >= k if not active else count > 0
+        out[i] = active
+    return out
 
 
 def _lead(life: ObservedLife, alerts: Sequence[AlertInterval], margin: float) -> float | None:

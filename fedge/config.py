@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -24,6 +31,7 @@ from pydantic_settings import (
 )
 
 from fedge.errors import ConfigError
+from fedge.health import HealthConfig
 from fedge.limits import AgentLimits
 from fedge.messages import Identifier, SensorName, TrainingConfig
 from fedge.signing.policy import SecurityMode, SecurityPolicy
@@ -234,6 +242,30 @@ class AgentConfig(FedgeSettings):
     # if its RMSE is more than this much worse (relative: 0.5 = 50 % worse) than the
     # running model's; None loads every model that passes the limits.
     model_acceptance_margin: Annotated[float, Field(ge=0.0, le=100.0)] | None = 0.5
+    # Maintenance (edge_agent.maintenance): lives that end in failure are labelled with
+    # remaining useful life in cycles (readings) or operating hours (device clock).
+    rul_unit: Literal["cycles", "hours"] = "cycles"
+    # [health]: the health score of the current life (fedge.health.HealthConfig); its
+    # condition_features must be channels of the device's source.
+    health: HealthConfig = HealthConfig()
+    health_enabled: bool = True
+    # Persistence for RUL alerts: alert once `rul_alert_k` of the last `rul_alert_n`
+    # predictions were below `alert_rul` (1 of 1: every low prediction alerts).
+    rul_alert_k: Annotated[int, Field(ge=1, le=100)] = 1
+    rul_alert_n: Annotated[int, Field(ge=1, le=100)] = 1
+    # How a closed life's alerts are scored (fedge.alert_metrics), in units of rul_unit:
+    # an alert at least `alert_min_lead` before the failure is in time; one raised more
+    # than `alert_healthy_margin` before it is a false alarm.
+    alert_min_lead: Annotated[float, Field(ge=0)] = 20.0
+    alert_healthy_margin: Annotated[float, Field(gt=0)] = 125.0
+
+    @model_validator(mode="after")
+    def _maintenance_settings(self) -> AgentConfig:
+        if self.rul_alert_k > self.rul_alert_n:
+            raise ValueError("rul_alert_k must not exceed rul_alert_n")
+        if self.alert_min_lead > self.alert_healthy_margin:
+            raise ValueError("alert_min_lead must not exceed alert_healthy_margin")
+        return self
 
 
 def default_fleet_model() -> ModelSpec:

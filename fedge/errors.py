@@ -31,7 +31,7 @@ instance attribute, both a :class:`RejectReason`, so a receiver writes
     ├── SinkError                   time-series database writes
     └── DataError                   datasets and sensor sources
         ├── FeatureSchemaError      a device lacks the fleet model's features
-        └── SensorError             a sensor snapshot refused; ``fault`` says why
+        ├── NoDataError             a device has nothing to answer a round with (no_data)
         ├── SensorError             a sensor snapshot refused; ``fault`` says why
         └── EventError              maintenance events that contradict each other or a life
 """
@@ -53,6 +53,7 @@ __all__ = [
     "IngestReject",
     "IngestRejectedError",
     "MessageError",
+    "NoDataError",
     "NonFiniteTensorError",
     "ProtocolError",
     "RefusalReason",
@@ -89,6 +90,8 @@ class RejectReason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     MISSING_FEATURE = "missing_feature"
     NON_NUMERIC_FEATURE = "non_numeric_feature"
+    NO_DATA = "no_data"
+    """The device has no data for the round's task (no life that ended in failure yet)."""
     CODEC_MISMATCH = "codec_mismatch"
     """The frame's codec is not the one the round announced."""
     LATE = "late"
@@ -349,6 +352,19 @@ class FeatureSchemaError(DataError):
         self.reason = reason
         self.detail = detail
         self.features = features
+
+
+class NoDataError(DataError):
+    """A device has nothing to answer a round with: no life has ended in failure yet (no
+    RUL labels), or none is held out for evaluation. The agent declines the round with
+    ``reason`` :attr:`RejectReason.NO_DATA` instead of staying silent, so the round need
+    not wait for it."""
+
+    reason = RejectReason.NO_DATA
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 class EventError(DataError):

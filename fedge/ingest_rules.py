@@ -51,6 +51,7 @@ from fedge.errors import (
     SinkError,
     TopicError,
 )
+from fedge.lives import MaintenanceEvent
 from fedge.messages import (
     MAX_MESSAGE_BYTES,
     DeviceStatus,
@@ -63,6 +64,7 @@ from fedge.messages import (
 from fedge.points import (
     Point,
     PointBatch,
+    event_points,
     health_points,
     prediction_points,
     round_points,
@@ -82,7 +84,7 @@ __all__ = [
     "SeqWindow",
 ]
 
-_M = TypeVar("_M", TelemetryBatch, Prediction, DeviceStatus, RoundSummary)
+_M = TypeVar("_M", TelemetryBatch, Prediction, DeviceStatus, RoundSummary, MaintenanceEvent)
 
 _INGESTED = frozenset(
     {TopicKind.TELEMETRY, TopicKind.PREDICTION, TopicKind.STATUS, TopicKind.ROUND_SUMMARY}
@@ -313,6 +315,11 @@ class IngestRules:
                 if status.ts is not None:
                     self._check_future(status.ts, received_at, topic)
                 return Accepted(health_points(status, received_at=received_at))
+            case TopicKind.EVENTS:
+                event = self._decode(MaintenanceEvent, topic, payload)
+                self._check_origin(event.fleet, event.device, topic_device, topic)
+                self._check_future(event.ts, received_at, topic)
+                return Accepted(event_points(event))
             case TopicKind.ROUND_SUMMARY:
                 summary = self._decode(RoundSummary, topic, payload)
                 if summary.fleet != self.fleet:

@@ -137,6 +137,12 @@ class Prediction(WireModel):
     alert: bool = False
     unit: NonNegInt | None = None
     cycle: NonNegInt | None = None
+    # The health score of the current life (fedge.health: 1 = like its baseline, 0.5 =
+    # alert threshold; None while the baseline is being learnt), and whether the health
+    # monitor's alert is active, with the features that moved.
+    health: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    anomaly: bool = False
+    anomaly_reason: Annotated[str, Field(max_length=300)] | None = None
 
 
 class RoundSummary(WireModel):

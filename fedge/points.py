@@ -19,46 +19,53 @@ measurement        tags                                    point time
                                                            the ingest clock (offline, no ts)
 ``fl_round``       ``fleet``, ``task``, ``outcome``        the round summary's ``ts``
 ``alert``          ``fleet``, ``device``, ``kind``         the prediction's ``ts``
+``event``          ``fleet``, ``device``, ``kind``         the maintenance event's ``ts``
 =================  ======================================  ====================================
 
 Fields (types never change within a measurement; * = only when known):
 
-=================  ==========================  ======  ==========================================
-measurement        field                       type    meaning
-=================  ==========================  ======  ==========================================
-``telemetry``      ``<sensor>``                float   one field per sensor in the reading
-``telemetry``      ``seq``                     int     per-device sequence number
-``telemetry``      ``cycle``*                  int     operating cycle of the machine
-``prediction``     ``rul``                     float   predicted remaining useful life (cycles)
-``prediction``     ``failure_probability``     float   probability of failure within horizon
-``prediction``     ``model_version``           int     global model version used
-``prediction``     ``horizon``                 int     horizon of the probability (cycles)
-``prediction``     ``alert``                   bool    the agent raised an alert
-``prediction``     ``unit``*                   int     machine unit the window came from
-``prediction``     ``cycle``*                  int     cycle of the window's last reading
-``device_health``  ``online``                  int     1 online, 0 offline
-``device_health``  ``buffer_depth``*           int     readings waiting in the agent's buffer
-``device_health``  ``cpu_percent``*            float   agent CPU use
-``device_health``  ``memory_mb``*              float   agent memory use
-``device_health``  ``model_version``*          int     model version on the device
-``device_health``  ``agent_version``*          string  agent software version
-``device_health``  ``refused_model_version``*  int     newest global model the device refused
-``device_health``  ``refused_reason``*         string  why (a RefusalReason value)
-``fl_round``       ``round_id``                int     round number
-``fl_round``       ``version``                 int     global model version after the round
-``fl_round``       ``participants``            int     accepted updates
-``fl_round``       ``rejected``                int     rejected updates
-``fl_round``       ``rejected_<reason>``       int     rejected updates per reason
-``fl_round``       ``num_examples``            int     training examples behind the updates
-``fl_round``       ``val_examples``            int     validation examples
-``fl_round``       ``bytes_received``          int     update bytes received
-``fl_round``       ``duration_s``              float   wall time of the round
-``fl_round``       ``train_loss``*             float   weighted mean training loss
-``fl_round``       ``val_error``*              float   validation error (RMSE)
-``alert``          ``rul``                     float   as in ``prediction``
-``alert``          ``failure_probability``     float   as in ``prediction``
-``alert``          ``message``                 string  human-readable summary
-=================  ==========================  ======  ==========================================
+=================  ===========================  ======  ==========================================
+measurement        field                        type    meaning
+=================  ===========================  ======  ==========================================
+``telemetry``      ``<sensor>``                 float   one field per sensor in the reading
+``telemetry``      ``seq``                      int     per-device sequence number
+``telemetry``      ``cycle``*                   int     operating cycle of the machine
+``prediction``     ``rul``                      float   predicted remaining useful life (cycles)
+``prediction``     ``failure_probability``      float   probability of failure within horizon
+``prediction``     ``model_version``            int     global model version used
+``prediction``     ``horizon``                  int     horizon of the probability (cycles)
+``prediction``     ``alert``                    bool    the agent raised an alert
+``prediction``     ``unit``*                    int     machine unit the window came from
+``prediction``     ``cycle``*                   int     cycle of the window's last reading
+``prediction``     ``health``*                  float   health score of the current life (0-1)
+``prediction``     ``anomaly``*                 bool    the health monitor's alert is active
+``device_health``  ``online``                   int     1 online, 0 offline
+``device_health``  ``buffer_depth``*            int     readings waiting in the agent's buffer
+``device_health``  ``cpu_percent``*             float   agent CPU use
+``device_health``  ``memory_mb``*               float   agent memory use
+``device_health``  ``model_version``*           int     model version on the device
+``device_health``  ``agent_version``*           string  agent software version
+``device_health``  ``refused_model_version``*   int     newest global model the device refused
+``device_health``  ``refused_reason``*          string  why (a RefusalReason value)
+``fl_round``       ``round_id``                 int     round number
+``fl_round``       ``version``                  int     global model version after the round
+``fl_round``       ``participants``             int     accepted updates
+``fl_round``       ``rejected``                 int     rejected updates
+``fl_round``       ``rejected_<reason>``        int     rejected updates per reason
+``fl_round``       ``num_examples``             int     training examples behind the updates
+``fl_round``       ``val_examples``             int     validation examples
+``fl_round``       ``bytes_received``           int     update bytes received
+``fl_round``       ``duration_s``               float   wall time of the round
+``fl_round``       ``train_loss``*              float   weighted mean training loss
+``fl_round``       ``val_error``*               float   validation error (RMSE)
+``alert``          ``rul``                      float   as in ``prediction``
+``alert``          ``failure_probability``      float   as in ``prediction``
+``alert``          ``message``                  string  human-readable summary
+``alert``          ``health``*                  float   as in ``prediction`` (anomaly alerts)
+``event``          ``note``                     string  what the person (or simulator) wrote
+``event``          ``event_id``                 string  the event's id (idempotent re-delivery)
+``event``          ``source``                   string  ``cli``, ``operator`` or ``simulator``
+=================  ===========================  ======  ==========================================
 
 Rules that keep InfluxDB happy:
 
@@ -74,7 +81,13 @@ Rules that keep InfluxDB happy:
   usually the broker publishing the last will, whose ``ts`` was fixed when the
   device connected.
 * An ``alert`` point (``kind="failure_predicted"``) is emitted next to each
-  prediction that has ``alert=True``.
+  prediction that has ``alert=True``, and one with ``kind="anomaly"`` (its message
+  names the features that moved) next to each prediction with ``anomaly=True``.
+* ``health`` and ``anomaly`` are written for predictions of a device whose health
+  monitor has a score (``health`` known) or an active anomaly alert, else left out.
+* An ``event`` point (a maintenance event, tag ``kind`` = ``failure``, ``repair`` or
+  ``replace``) is stamped with the event's own time, so a redelivered event is the
+  same point again (InfluxDB overwrites it; the SQLite sink merges it).
 * Times are integer nanoseconds, rounded to the microsecond (a float of Unix
   seconds carries no more precision than that).
 """
@@ -90,6 +103,7 @@ from typing import overload
 from pydantic_core import to_json
 
 from fedge.errors import MessageError, SinkError
+from fedge.lives import MaintenanceEvent
 from fedge.messages import DeviceStatus, Prediction, RoundSummary, TelemetryBatch
 
 __all__ = [
@@ -98,6 +112,7 @@ __all__ = [
     "FieldValue",
     "Point",
     "PointBatch",
+    "event_points",
     "health_points",
     "line_bytes",
     "lines",
@@ -110,7 +125,7 @@ __all__ = [
 
 FieldValue = bool | int | float | str
 
-MEASUREMENTS = ("telemetry", "prediction", "device_health", "fl_round", "alert")
+MEASUREMENTS = ("telemetry", "prediction", "device_health", "fl_round", "alert", "event")
 """Every measurement fedge writes."""
 
 RESERVED_SENSOR_NAMES = frozenset({"seq", "cycle", "fleet", "device", "site", "unit", "time"})
@@ -473,9 +488,11 @@ def _alert_message(pred: Prediction) -> str:
 
 
 def prediction_points(pred: Prediction) -> list[Point]:
-    """A ``prediction`` point, plus an ``alert`` point when ``pred.alert`` is true."""
+    """A ``prediction`` point, plus an ``alert`` point per active alert (RUL, anomaly)."""
     time_ns = seconds_to_ns(pred.ts)
     tags: dict[str, str | None] = {"fleet": pred.fleet, "device": pred.device}
+    monitored = pred.health is not None or pred.anomaly
+    health = None if pred.health is None else float(pred.health)
     points = [
         Point.of(
             "prediction",
@@ -489,6 +506,8 @@ def prediction_points(pred: Prediction) -> list[Point]:
                 # None fields are omitted by Point.of; both are ints whenever present.
                 "unit": None if pred.unit is None else int(pred.unit),
                 "cycle": None if pred.cycle is None else int(pred.cycle),
+                "health": health,
+                "anomaly": bool(pred.anomaly) if monitored else None,
             },
             time_ns,
         )
@@ -506,7 +525,34 @@ def prediction_points(pred: Prediction) -> list[Point]:
                 time_ns,
             )
         )
+    if pred.anomaly:
+        reason = pred.anomaly_reason or "health score above its threshold"
+        points.append(
+            Point.of(
+                "alert",
+                {**tags, "kind": "anomaly"},
+                {
+                    "rul": float(pred.rul),
+                    "failure_probability": float(pred.failure_probability),
+                    "health": health,
+                    "message": f"{pred.device}: anomaly: {reason}",
+                },
+                time_ns,
+            )
+        )
     return points
+
+
+def event_points(event: MaintenanceEvent) -> list[Point]:
+    """One ``event`` point per maintenance event, at the event's own time."""
+    return [
+        Point.of(
+            "event",
+            {"fleet": event.fleet, "device": event.device, "kind": event.kind},
+            {"note": event.note, "event_id": event.event_id, "source": event.source},
+            seconds_to_ns(event.ts),
+        )
+    ]
 
 
 def health_points(status: DeviceStatus, *, received_at: float) -> list[Point]:

@@ -8,6 +8,7 @@ topic                                 from    QoS  retained
 ``devices/<device>/telemetry``        agent   1    no
 ``devices/<device>/status``           agent   1    yes
 ``devices/<device>/prediction``       agent   1    no
+``devices/<device>/events``           both    1    no
 ``rounds/current``                    aggr.   1    yes
 ``rounds/<round>/updates/<device>``   agent   1    no
 ``rounds/summary``                    aggr.   1    no
@@ -45,6 +46,7 @@ class TopicKind(StrEnum):
     TELEMETRY = "telemetry"
     STATUS = "status"
     PREDICTION = "prediction"
+    EVENTS = "events"
     ROUND_CURRENT = "round_current"
     UPDATE = "update"
     ROUND_SUMMARY = "round_summary"
@@ -97,6 +99,11 @@ class Topics:
     def prediction(self, device: str) -> str:
         return self._device(device, "prediction")
 
+    def events(self, device: str) -> str:
+        """Maintenance events of one machine: published by its agent (failures the source
+        reported, events recorded with ``fedge agent event``) and by operator tools."""
+        return self._device(device, "events")
+
     @property
     def round_current(self) -> str:
         return f"{self.root}/rounds/current"
@@ -129,6 +136,10 @@ class Topics:
         return f"{self.root}/devices/+/prediction"
 
     @property
+    def all_events(self) -> str:
+        return f"{self.root}/devices/+/events"
+
+    @property
     def all_updates(self) -> str:
         return f"{self.root}/rounds/+/updates/+"
 
@@ -154,6 +165,8 @@ def parse_topic(topic: str) -> ParsedTopic:
             return ParsedTopic(TopicKind.STATUS, fleet, validate_segment(device, what="device"))
         case ["devices", device, "prediction"]:
             return ParsedTopic(TopicKind.PREDICTION, fleet, validate_segment(device, what="device"))
+        case ["devices", device, "events"]:
+            return ParsedTopic(TopicKind.EVENTS, fleet, validate_segment(device, what="device"))
         case ["rounds", "current"]:
             return ParsedTopic(TopicKind.ROUND_CURRENT, fleet)
         case ["rounds", "summary"]:

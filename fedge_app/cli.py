@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
 from fedge.errors import ConfigError, FedgeError
 from fedge.messages import RoundSummary
+from fedge_app import maintenance_cli
 
 if TYPE_CHECKING:
     from fedge.config import FedgeSettings
@@ -187,7 +188,7 @@ def demo(
     Telemetry, predictions and round metrics land in WORKDIR/fedge-telemetry.sqlite
     (or InfluxDB with --influx-url); an HTML report is written next to it.
     """
-    from fedge_app.demo import DemoOptions, run_demo
+    from fedge_app.demo import DemoOptions, failure_figures, run_demo
 
     _setup_logging(log_level)
     seen: list[RoundSummary] = []
@@ -209,16 +210,26 @@ def demo(
     )
     where = broker or "embedded broker"
     console.print(f"fedge demo: {devices} devices, {rounds} rounds, {strategy}, {where}")
-    with Live(
-        _rounds_table(seen, "rounds (live)"), console=console, transient=True, refresh_per_second=4
-    ) as live:
+    lives: list[Any] = []  # closed lives, appended on the agents' threads
+
+    def view() -> Group:
+        return Group(
+            _rounds_table(seen, "rounds (live)"),
+            maintenance_cli.lives_table(lives[-12:], "failures (live, latest 12)"),
+        )
+
+    with Live(view(), console=console, transient=True, refresh_per_second=4) as live:
 
         def on_round(summary: RoundSummary) -> None:
             seen.append(summary)
-            live.update(_rounds_table(seen, "rounds (live)"))
+            live.update(view())
+
+        def on_life(outcome: Any) -> None:
+            lives.append(outcome)
+            live.update(view())
 
         try:
-            result = run_demo(options, on_round=on_round)
+            result = run_demo(options, on_round=on_round, on_life=on_life)
         except FedgeError as exc:
             raise _fail(exc) from exc
     out.print(_rounds_table(result.rounds, "fedge demo — summary"))
@@ -227,6 +238,8 @@ def demo(
         f"validation RMSE of the global model on held-out units: round 0 = {_fmt(v0)} cycles, "
         f"final (v{len(result.training_rounds)}) = {_fmt(final)} cycles"
     )
+    out.print(maintenance_cli.lives_table(result.lives, "failures per device", per_device=True))
+    out.print(maintenance_cli.lives_summary(failure_figures(result.lives)))
     if result.ingest is not None:
         stats = result.ingest
         where = influx_url or str(result.telemetry_path)
@@ -514,6 +527,10 @@ def ingest(
     except FedgeError as exc:
         raise _fail(exc) from exc
 
+
+# Maintenance (fedge_app/maintenance_cli.py): `fedge agent event`, `fedge backtest`.
+agent_app.command("event")(maintenance_cli.event)
+app.command("backtest")(maintenance_cli.backtest)
 
 dashboards_app = typer.Typer(help="Grafana dashboards built from code.", no_args_is_help=True)
 app.add_typer(dashboards_app, name="dashboards")

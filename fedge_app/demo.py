@@ -5,6 +5,15 @@ each agent with its own MQTT connection, its own SQLite store and its own
 simulated machine (non-IID sites by default). Every device holds out some of
 its run-to-failure units; the aggregator reports, per round, the validation
 error of the global model on those held-out units.
+
+The maintenance story: the machines degrade in accelerated time (a cycle every
+``sample_interval_s``), so several of them fail while the fleet trains. Each
+failure is recorded by the simulated technician as a ``failure`` event and the
+``repair`` after it (edge_agent.maintenance), the failed life becomes training
+data for the next rounds, and the agent scores the alerts it raised during that
+life (health score and RUL model): how long before the failure it warned, and how
+many alarms it raised while the machine was still healthy. After the last round the
+demo waits (up to ``failure_wait_s``) until ``min_failures`` machines have failed.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +34,12 @@ import torch
 from aggregator.ingest import IngestStats
 from broker.embedded import EmbeddedBroker
 from edge_agent.agent import EdgeAgent
+from edge_agent.life_watch import LifeOutcome
 from edge_agent.sources import SimulatedSensorSource
 from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig
 from fedge.data.simulator import SENSOR_NAMES, SENSOR_UNITS, MachineSimulator, make_site_profiles
 from fedge.errors import FedgeError
+from fedge.health import HealthConfig
 from fedge.messages import RoundSummary, TrainingConfig
 from fedge.spec import ModelSpec, feature_specs
 from fedge_app.report import write_report
@@ -40,9 +52,19 @@ from fedge_app.wiring import (
     mqtt_transport,
 )
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo"]
+__all__ = ["DEMO_HEALTH", "DemoOptions", "DemoResult", "failure_figures", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+DEMO_HEALTH = HealthConfig(
+    condition_features=("shaft_speed",),
+    threshold=0.8,
+    clear_threshold=0.64,
+    persistence_k=8,
+    persistence_n=10,
+)
+"""The health score of the simulated pumps: the load (``shaft_speed``) is an operating
+condition, and the setting benchmarks/alerts.py measured best on the simulator."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +84,15 @@ class DemoOptions:
     strategy: str = "fedavg"
     model: str = "cnn"
     round_timeout_s: float = 60.0
-    sample_interval_s: float = 0.2
+    # A cycle every 50 ms: a simulated pump lives 150-360 cycles, so it fails after
+    # 8-18 s and several do while the fleet trains.
+    sample_interval_s: float = 0.05
+    telemetry_interval_s: float = 0.25
+    alert_rul: float = 60.0
+    rul_alert_k: int = 3
+    rul_alert_n: int = 5
+    min_failures: int | None = None  # default: one per device
+    failure_wait_s: float = 30.0
     timeout_s: float = 900.0
     influx_url: str | None = None
     influx_bucket: str = "fedge"
@@ -82,6 +112,7 @@ class DemoResult:
     ingest: IngestStats | None = None
     telemetry_path: Path | None = None
     report_path: Path | None = None
+    lives: list[LifeOutcome] = field(default_factory=list)
 
     @property
     def training_rounds(self) -> list[RoundSummary]:
@@ -101,6 +132,8 @@ class DemoResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **failure_figures(self.lives),
+            "lives": [o.as_dict() for o in self.lives],
             "rounds": len(self.training_rounds),
             "devices": self.devices,
             "val_error_round0": self.val_error_round0,
@@ -124,10 +157,29 @@ class DemoResult:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
+def failure_figures(lives: list[LifeOutcome]) -> dict[str, Any]:
+    """``failures``, ``failures_alerted`` (warned >= 20 cycles ahead), ``median_lead``
+    (cycles, over the failures warned at all) and ``false_alarms`` of closed lives."""
+    failed = [o for o in lives if o.end_kind == "failure"]
+    leads = [o.lead for o in failed if o.lead is not None]
+    return {
+        "failures": len(failed),
+        "failures_alerted": sum(1 for o in failed if o.alerted),
+        "median_lead": float(statistics.median(leads)) if leads else None,
+        "false_alarms": sum(o.false_alarms for o in lives),
+    }
+
+
 def run_demo(
-    options: DemoOptions, *, on_round: Callable[[RoundSummary], None] | None = None
+    options: DemoOptions,
+    *,
+    on_round: Callable[[RoundSummary], None] | None = None,
+    on_life: Callable[[LifeOutcome], None] | None = None,
 ) -> DemoResult:
-    """Run the demo fleet to completion and return its rounds. Raises FedgeError on failure."""
+    """Run the demo fleet to completion and return its rounds. Raises FedgeError on failure.
+
+    ``on_life`` is called (on an agent's thread) whenever a machine's life closes.
+    """
     started = time.monotonic()
     # Agents train concurrently on threads; one intra-op thread each avoids
     # oversubscribing the cores (the models are small; parallelism is across devices).
@@ -177,7 +229,14 @@ def run_demo(
     threads: list[threading.Thread] = []
     agents: list[EdgeAgent] = []
     errors: list[str] = []
+    lives: list[LifeOutcome] = []
     simulators: dict[str, MachineSimulator] = {}
+
+    def _closed(outcome: LifeOutcome) -> None:
+        lives.append(outcome)  # list.append is atomic: agents call this on their threads
+        if on_life is not None:
+            on_life(outcome)
+
     ingest, sink = build_ingest(
         ingest_config, transport=mqtt_transport(endpoint, client_id=f"{options.fleet}-ingest")
     )
@@ -201,7 +260,12 @@ def run_demo(
                 broker=endpoint,
                 store_path=workdir / "agents" / f"{device}.sqlite",
                 sample_interval_s=options.sample_interval_s,
+                telemetry_interval_s=options.telemetry_interval_s,
                 seed=options.seed,
+                health=DEMO_HEALTH,
+                alert_rul=options.alert_rul,
+                rul_alert_k=options.rul_alert_k,
+                rul_alert_n=options.rul_alert_n,
             )
             sim_seed = options.seed * 1000 + i
             simulators[device] = MachineSimulator(profile=profile, seed=sim_seed)
@@ -211,6 +275,7 @@ def run_demo(
                 source=SimulatedSensorSource(profile=profile, seed=sim_seed),
                 history_units=options.history_units,
             )
+            agent.maintenance.on_outcome = _closed
             agents.append(agent)
             thread = threading.Thread(target=_run_agent, args=(agent,), name=device, daemon=True)
             threads.append(thread)
@@ -226,6 +291,14 @@ def run_demo(
             rounds = service.run(timeout=options.timeout_s)
         except TimeoutError as exc:
             raise FedgeError(f"demo did not finish: {exc}; agent errors: {errors}") from exc
+        # Let the machines run on until enough of them have failed (bounded).
+        wanted = options.devices if options.min_failures is None else options.min_failures
+        deadline = time.monotonic() + options.failure_wait_s
+        while sum(o.end_kind == "failure" for o in lives) < wanted and not errors:
+            if time.monotonic() >= deadline:
+                log.warning("only %d failure(s) within %.0f s", len(lives), options.failure_wait_s)
+                break
+            time.sleep(0.1)
     finally:
         stop.set()
         for thread in threads:
@@ -243,9 +316,11 @@ def run_demo(
 
         def truth(device: str, unit: int, cycle: int) -> float | None:
             # The simulator regenerates any unit bit-identically: ground truth for the plot.
-            key = (device, unit)
+            # Every life of a demo machine is one simulator unit (a failure ends both,
+            # nobody records other events): life 0 is unit 1, the first history unit.
+            key = (device, unit + 1)
             if key not in lengths:
-                lengths[key] = simulators[device].unit(unit).n_cycles
+                lengths[key] = simulators[device].unit(unit + 1).n_cycles
             # Capped like the training targets: the model is not asked to tell 300 from 200.
             return float(min(lengths[key] - 1 - cycle, spec.rul_cap))
 
@@ -254,6 +329,7 @@ def run_demo(
             workdir / "fedge-report.html",
             title=f"fedge demo — fleet {options.fleet}",
             truth=truth,
+            lives=lives,
         )
     return DemoResult(
         rounds=list(rounds),
@@ -263,4 +339,5 @@ def run_demo(
         ingest=ingest.stats,
         telemetry_path=telemetry_path,
         report_path=report_path,
+        lives=sorted(lives, key=lambda o: (o.device, o.unit)),
     )

@@ -1,8 +1,12 @@
-"""The demo's HTML report: training curves and predicted vs true RUL per device.
+"""The demo's HTML report: training curves, and each machine's lives.
 
 Built from the SQLite telemetry file (the same schema InfluxDB gets), so what the
-report shows is what an operator's dashboards would show. Plots are rendered by
-matplotlib to inline SVG; the file is self-contained.
+report shows is what an operator's dashboards would show: per device, predicted vs
+true RUL and the health score over its lives, with its alerts (RUL and anomaly) and
+its maintenance events (failures, repairs) marked. Given the agents' scored lives
+(:class:`edge_agent.life_watch.LifeOutcome`) it also tabulates, per failure, how
+long before it an alert was raised. Plots are rendered by matplotlib to inline
+SVG; the file is self-contained.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import html
 import io
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from aggregator.sinks import SqliteSink
+from edge_agent.life_watch import LifeOutcome
 from fedge.points import Point
 
 __all__ = ["TruthFn", "write_report"]
@@ -70,25 +75,84 @@ def _training_plot(rounds: list[Point]) -> str:
     return _svg(fig)
 
 
-def _device_plot(device: str, preds: list[Point], truth: TruthFn | None) -> str:
-    fig, ax = plt.subplots(figsize=(5, 3))
-    t0 = preds[0].time_ns
-    xs = [(p.time_ns - t0) / 1e9 for p in preds]
-    ax.plot(xs, [float(p.field_dict["rul"]) for p in preds], label="predicted", marker=".")
+def _device_plot(
+    device: str,
+    preds: list[Point],
+    truth: TruthFn | None,
+    *,
+    alerts: Sequence[Point] = (),
+    events: Sequence[Point] = (),
+    t0: int | None = None,
+) -> str:
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    start = preds[0].time_ns if t0 is None else t0
+
+    def x(p: Point) -> float:
+        return (p.time_ns - start) / 1e9
+
+    xs = [x(p) for p in preds]
+    # Version 0 carries only the fleet's normalisation: its "predictions" mean nothing.
+    trained = [p for p in preds if int(p.field_dict.get("model_version", 0)) > 0]
+    ax.plot(
+        [x(p) for p in trained],
+        [float(p.field_dict["rul"]) for p in trained],
+        label="predicted RUL",
+        lw=1,
+    )
     if truth is not None:
         pairs = []
-        for x, p in zip(xs, preds, strict=True):
+        for at, p in zip(xs, preds, strict=True):
             unit, cycle = p.field_dict.get("unit"), p.field_dict.get("cycle")
             if isinstance(unit, int) and isinstance(cycle, int):
                 value = truth(device, unit, cycle)
                 if value is not None:
-                    pairs.append((x, value))
+                    pairs.append((at, value))
         if pairs:
-            ax.plot(*zip(*pairs, strict=True), label="true (capped)", linestyle="--")
+            ax.plot(*zip(*pairs, strict=True), label="true RUL (capped)", ls="--", lw=1)
+    marks = {
+        "failure_predicted": ("v", "tab:red", "RUL alert"),
+        "anomaly": ("^", "tab:orange", "anomaly"),
+    }
+    for kind, (marker, color, label) in marks.items():
+        points = [p for p in alerts if p.tag_dict.get("kind") == kind]
+        if points:
+            ax.scatter(
+                [x(p) for p in points],
+                [float(p.field_dict.get("rul", 0.0)) for p in points],
+                marker=marker, color=color, s=14, label=label, zorder=3,
+            )  # fmt: skip
+    for i, e in enumerate(p for p in events if p.tag_dict.get("kind") == "failure"):
+        ax.axvline(x(e), color="black", lw=1.2, label="failure" if i == 0 else None)
     ax.set(title=device, xlabel="seconds into the demo", ylabel="RUL (cycles)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    health = [(at, float(h)) for at, p in zip(xs, preds, strict=True)
+              if isinstance(h := p.field_dict.get("health"), int | float)]  # fmt: skip
+    if health:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*health, strict=True), color="tab:green", lw=0.8, alpha=0.8, label="health")
+        ax2.axhline(0.5, color="tab:green", ls=":", lw=0.8)
+        ax2.set(ylim=(0, 1.05), ylabel="health (1 = like its baseline)")
+        ax2.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper left", fontsize=7)
     return _svg(fig)
+
+
+def _failure_rows(lives: Sequence[LifeOutcome]) -> list[list[str]]:
+    rows = []
+    for o in sorted(lives, key=lambda o: (o.device, o.unit)):
+        rows.append(
+            [
+                o.device,
+                str(o.unit),
+                o.end_kind,
+                f"{o.length:.0f}",
+                o.first_alert_kind or "-",
+                "-" if o.lead is None else f"{o.lead:.0f}",
+                "yes" if o.alerted else "no",
+                str(o.false_alarms),
+            ]
+        )
+    return rows
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -100,15 +164,24 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(
-    sqlite_path: Path, out_path: Path, *, title: str = "fedge demo", truth: TruthFn | None = None
+    sqlite_path: Path,
+    out_path: Path,
+    *,
+    title: str = "fedge demo",
+    truth: TruthFn | None = None,
+    lives: Sequence[LifeOutcome] = (),
 ) -> Path:
-    """Render the report for the data in ``sqlite_path`` to ``out_path``; returns the path."""
+    """Render the report for the data in ``sqlite_path`` to ``out_path``; returns the path.
+
+    ``lives``: the agents' scored lives, for the table of failures and their alerts.
+    """
     sink = SqliteSink(sqlite_path)
     try:
         rounds = sink.query("fl_round")
         predictions = sink.query("prediction")
         alerts = sink.query("alert")
         health = sink.query("device_health")
+        events = sink.query("event")
         telemetry_count = sink.count("telemetry")
     finally:
         sink.close()
@@ -117,8 +190,14 @@ def write_report(
         by_device[p.tag_dict["device"]].append(p)
     last_health = {p.tag_dict["device"]: p for p in health}
     alert_count: dict[str, int] = defaultdict(int)
+    alerts_by_device: dict[str, list[Point]] = defaultdict(list)
     for p in alerts:
         alert_count[p.tag_dict["device"]] += 1
+        alerts_by_device[p.tag_dict["device"]].append(p)
+    events_by_device: dict[str, list[Point]] = defaultdict(list)
+    for p in events:
+        events_by_device[p.tag_dict["device"]].append(p)
+    t0 = min((p.time_ns for p in predictions), default=None)
 
     round_rows = [
         [
@@ -147,9 +226,39 @@ def write_report(
             ]
         )
     plots = "".join(
-        f'<div class="plot">{_device_plot(d, ps, truth)}</div>'
+        '<div class="plot">'
+        + _device_plot(
+            d,
+            ps,
+            truth,
+            alerts=alerts_by_device.get(d, []),
+            events=events_by_device.get(d, []),
+            t0=t0,
+        )
+        + "</div>"
         for d, ps in sorted(by_device.items())
         if ps
+    )
+    failed = [o for o in lives if o.end_kind == "failure"]
+    failures_html = (
+        f"<p>{len(failed)} failures, {sum(o.alerted for o in failed)} of them alerted at least "
+        "20 cycles ahead; false alarms are alerts raised more than 125 cycles before the "
+        "end of the life.</p>"
+        + _table(
+            [
+                "device",
+                "life",
+                "ended by",
+                "cycles",
+                "first alert",
+                "lead (cycles)",
+                ">= 20 ahead",
+                "false alarms",
+            ],
+            _failure_rows(lives),
+        )
+        if lives
+        else "<p>no life ended during the demo</p>"
     )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     doc = f"""<!doctype html>
@@ -164,13 +273,15 @@ td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 <h1>{html.escape(title)}</h1>
 <p>Generated {generated} from <code>{html.escape(str(sqlite_path))}</code>:
 {len(rounds)} rounds, {telemetry_count} telemetry points, {len(predictions)} predictions,
-{len(alerts)} alerts.</p>
+{len(alerts)} alerts, {len(events)} maintenance events.</p>
 <h2>Federated training</h2>
 <div class="plot">{_training_plot(rounds) if rounds else "<p>no rounds recorded</p>"}</div>
 {_table(["round", "task", "outcome", "participants", "rejected", "val RMSE"], round_rows)}
 <h2>Devices</h2>
 {_table(["device", "last RUL", "P(failure)", "alerts", "buffer depth"], device_rows)}
-<h2>Predicted vs true remaining useful life</h2>
+<h2>Failures and the alerts before them</h2>
+{failures_html}
+<h2>Each machine's lives: predicted vs true RUL, health score, alerts, failures</h2>
 <div class="plots">{plots or "<p>no predictions recorded</p>"}</div>
 </body></html>
 """

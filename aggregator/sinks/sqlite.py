@@ -18,6 +18,7 @@ Tables and views::
     device_health(time_ns, fleet, device, site, fields)
     fl_round(time_ns, fleet, task, outcome, fields)
     alert(time_ns, fleet, device, kind, fields)
+    event(time_ns, fleet, device, kind, fields)
 
 Example::
 
@@ -86,6 +87,13 @@ CREATE VIEW IF NOT EXISTS alert AS
         json_extract(tags, '$.kind') AS kind,
         fields
     FROM points WHERE measurement = 'alert';
+CREATE VIEW IF NOT EXISTS event AS
+    SELECT time_ns,
+        json_extract(tags, '$.fleet') AS fleet,
+        json_extract(tags, '$.device') AS device,
+        json_extract(tags, '$.kind') AS kind,
+        fields
+    FROM points WHERE measurement = 'event';
 """
 
 

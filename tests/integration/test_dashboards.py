@@ -1,9 +1,10 @@
 """Every dashboard query runs on a real InfluxDB 1.x against data fedge itself produced.
 
 Realistic agent and aggregator messages go through fedge's own ingest path
-(IngestService → fedge.points) into a real ``influxd``; then every panel and
-template-variable query of every dashboard is executed with Grafana's macros
-substituted, and each must return at least one series with a non-null value.
+(IngestService → fedge.points) into a real ``influxd``; then every panel,
+template-variable and annotation query of every dashboard is executed with
+Grafana's macros substituted, and each must return at least one series with a
+non-null value (the annotations: exactly the maintenance events they mark).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 from aggregator.ingest import IngestService
 from aggregator.sinks import MemorySink
-from dashboards import all_queries, variable_queries
+from dashboards import all_queries, annotation_queries, variable_queries
+from fedge.lives import MaintenanceEvent
 from fedge.messages import (
     DeviceStatus,
     Prediction,
@@ -26,7 +28,7 @@ from fedge.messages import (
     WireModel,
     encode_message,
 )
-from fedge.points import Point, lines
+from fedge.points import Point, lines, seconds_to_ns
 from fedge.topics import Topics
 from fedge.transport import InMemoryBroker
 from fedge_app.servers import InfluxDB1
@@ -40,6 +42,22 @@ DEVICES = ("pump-01", "pump-02", "pump-03")
 NOW = time.time()
 START = NOW - 30 * 60
 END = NOW - 60
+
+
+EVENTS = (
+    MaintenanceEvent.new(
+        fleet=FLEET, device="pump-03", kind="failure", ts=START + 20 * 60, source="simulator",
+        note="the unit ran to failure",
+    ),
+    MaintenanceEvent.new(
+        fleet=FLEET, device="pump-03", kind="repair", ts=START + 20 * 60, source="simulator",
+        note="the technician repaired the machine",
+    ),
+    MaintenanceEvent.new(
+        fleet=FLEET, device="pump-01", kind="replace", ts=START + 25 * 60, source="cli",
+        note="new impeller",
+    ),
+)  # fmt: skip
 
 
 def fleet_messages() -> Iterator[tuple[str, WireModel]]:
@@ -92,6 +110,9 @@ def fleet_messages() -> Iterator[tuple[str, WireModel]]:
                     failure_probability=min(1.0, (120 - rul) / 120),
                     horizon=30,
                     alert=rul < 60,
+                    health=None if minute < 3 else max(0.0, 1.0 - minute * (d + 1) / 60),
+                    anomaly=minute * (d + 1) > 30,
+                    anomaly_reason="vibration z=+4.2" if minute * (d + 1) > 30 else None,
                 ),
             )
             yield (
@@ -110,6 +131,8 @@ def fleet_messages() -> Iterator[tuple[str, WireModel]]:
                 ),
             )
     yield topics.status("pump-02"), DeviceStatus(fleet=FLEET, device="pump-02", state="offline")
+    for event in EVENTS:
+        yield topics.events(event.device), event
     for round_id in range(7):
         failed = round_id == 3
         yield (
@@ -185,7 +208,14 @@ def non_null_series(result: dict[str, object]) -> list[dict[str, object]]:
 
 def test_data_loaded(loaded: list[Point], influxdb_v1: InfluxDB1) -> None:
     measurements = {p.measurement for p in loaded}
-    assert measurements == {"telemetry", "prediction", "device_health", "fl_round", "alert"}
+    assert measurements == {
+        "telemetry",
+        "prediction",
+        "device_health",
+        "fl_round",
+        "alert",
+        "event",
+    }
     result = influxdb_v1.query('SELECT count("seq") FROM "telemetry"', db=DB)
     assert result["results"][0]["series"][0]["values"][0][1] == 3 * 170
 
@@ -215,6 +245,36 @@ def test_every_template_variable_lists_values(
     assert values == ({FLEET} if name == "fleet" else set(DEVICES))
 
 
+ANNOTATIONS = annotation_queries()
+
+
+@pytest.mark.parametrize(
+    ("dashboard", "name", "query"), ANNOTATIONS, ids=[f"{d}:{n}" for d, n, _ in ANNOTATIONS]
+)
+def test_every_annotation_query_returns_its_maintenance_events(
+    loaded: list[Point], influxdb_v1: InfluxDB1, dashboard: str, name: str, query: str
+) -> None:
+    """What Grafana draws: one marker per event, at the event's time, with its note."""
+    device = "pump-03"
+    series = non_null_series(influxdb_v1.query(substitute(query, device=device), db=DB, epoch="ns"))
+    rows = [
+        dict(zip(s["columns"], row, strict=True))  # type: ignore[call-overload]
+        for s in series
+        for row in s["values"]  # type: ignore[attr-defined]
+    ]
+    failures = name == "Failures"
+    expected = [
+        e
+        for e in EVENTS
+        if (e.kind == "failure") == failures and (dashboard == "fedge-fleet" or e.device == device)
+    ]
+    assert expected, "the test data must exercise every annotation"
+    got = sorted((r["time"], r["note"], r["kind"], r["device"], r["source"]) for r in rows)
+    assert got == sorted(
+        (seconds_to_ns(e.ts), e.note, e.kind, e.device, e.source) for e in expected
+    )
+
+
 def test_device_variable_drives_the_drill_down(loaded: list[Point], influxdb_v1: InfluxDB1) -> None:
     """Each device selected in $device gets its own numbers, not the fleet's."""
     query = 'SELECT count("seq") FROM "telemetry" WHERE "device" =~ /^$device$/ AND $timeFilter'
@@ -239,6 +299,10 @@ def test_field_types_are_stable_in_influxdb(loaded: list[Point], influxdb_v1: In
     assert types[("fl_round", "rejected_norm_too_large")] == "integer"
     assert types[("fl_round", "duration_s")] == "float"
     assert types[("alert", "message")] == "string"
+    assert types[("prediction", "health")] == "float"
+    assert types[("prediction", "anomaly")] == "boolean"
+    assert types[("event", "note")] == "string"
+    assert types[("event", "event_id")] == "string"
 
 
 def test_escaped_point_round_trips_through_influxdb(influxdb_v1: InfluxDB1) -> None:

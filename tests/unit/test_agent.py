@@ -157,13 +157,14 @@ def test_untrained_model_never_raises_alerts(tmp_path: Path, version: int, alert
     rec = Recorder(broker, TOPICS.all_predictions)
     agent = make_agent(tmp_path, broker, alert_rul=1e9)  # any prediction is "below" it
     agent.start()
-    agent._sample(time.time())
+    for i in range(SPEC.window):  # a full window: a younger life never alerts
+        agent._sample(time.time() + i * 0.001)
     publisher(broker).publish(TOPICS.global_model, global_frame(version), retain=True)
     agent.step()
     preds = [decode_message(Prediction, m.payload) for m in rec.on(TOPICS.prediction("dev-1"))]
     assert preds and all(p.model_version == version for p in preds)
     assert all(p.alert is alerts for p in preds)
-    assert preds[-1].unit is not None and preds[-1].cycle == 0
+    assert preds[-1].unit is not None and preds[-1].cycle == SPEC.window - 1
     agent.stop()
     agent.store.close()
 

@@ -6,8 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from fedge.alert_metrics import ObservedLife, alert_intervals, score_alerts
+from edge_agent.life_watch import LifeWatch
+from fedge.alert_metrics import ObservedLife, alert_intervals, persistent_alerts, score_alerts
 from fedge.errors import DataError
 
 
@@ -85,3 +88,21 @@ def test_bad_arguments() -> None:
         ObservedLife(0, 10, 5)
     with pytest.raises(DataError):
         score_alerts([], [], min_lead=200, healthy_margin=100)
+
+
+def test_persistent_alerts_by_hand() -> None:
+    t, f = True, False
+    # k=2 of n=3: raised at the second trigger within 3 readings, cleared after 3 quiet ones.
+    flags = [t, f, f, t, f, t, f, f, f, t]
+    assert persistent_alerts(flags, k=2, n=3).tolist() == [f, f, f, f, f, t, t, t, f, f]
+    assert persistent_alerts(flags, k=1, n=1).tolist() == flags
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(1, 5), st.integers(0, 4))
+def test_persistent_alerts_match_the_agents_rul_alert(
+    flags: list[bool], k: int, extra: int
+) -> None:
+    n = k + extra
+    watch = LifeWatch(unit=0, first_seq=None, feature_names=("a",), health=None, rul_k=k, rul_n=n)
+    online = [watch.predicted(low=flag, t=float(i)) for i, flag in enumerate(flags)]
+    assert persistent_alerts(flags, k=k, n=n).tolist() == online

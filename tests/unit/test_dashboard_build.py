@@ -114,3 +114,31 @@ def test_builder_refuses_empty_or_oversized_panels() -> None:
         Panel("empty", "stat", ())
     with pytest.raises(ConfigError):
         Panel("wide", "stat", (Target("SELECT 1"),), width=25)
+
+
+def test_fleet_and_device_dashboards_mark_maintenance_events() -> None:
+    for dashboard in dashboards():
+        listed = dashboard.to_json()["annotations"]["list"]
+        assert listed[0]["builtIn"] == 1  # Grafana's own annotations stay first
+        ours = listed[1:]
+        if dashboard.uid == "fedge-training":
+            assert ours == []
+            continue
+        assert [(a["name"], a["iconColor"]) for a in ours] == [
+            ("Failures", "red"),
+            ("Repairs and replacements", "green"),
+        ]
+        for a in ours:
+            assert a["datasource"]["uid"] == DATASOURCE_UID and a["enable"] is True
+            assert a["query"] == a["target"]["query"]
+            assert a["query"].startswith('SELECT "note", "kind", "device", "source" FROM "event"')
+            assert "$timeFilter" in a["query"] and '"fleet" =~ /^$fleet$/' in a["query"]
+            assert ('"device" =~ /^$device$/' in a["query"]) == (dashboard.uid == "fedge-device")
+            assert (a["textColumn"], a["tagsColumn"]) == ("note", "kind,device")
+
+
+def test_annotation_without_time_filter_is_refused() -> None:
+    from dashboards import Annotation
+
+    with pytest.raises(ConfigError, match="needs \\$timeFilter"):
+        Annotation("x", 'SELECT "note" FROM "event"', text_column="note")

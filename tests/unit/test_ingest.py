@@ -359,6 +359,7 @@ def test_shared_subscription_filters() -> None:
         "$share/ingest/fedge/v1/demo/devices/+/telemetry",
         "$share/ingest/fedge/v1/demo/devices/+/prediction",
         "$share/ingest/fedge/v1/demo/devices/+/status",
+        "$share/ingest/fedge/v1/demo/devices/+/events",
         "$share/ingest/fedge/v1/demo/rounds/summary",
     ]
 

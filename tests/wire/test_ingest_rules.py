@@ -18,6 +18,11 @@ TELEMETRY = "fedge/v1/demo/devices/pump-01/telemetry"
 PREDICTION = "fedge/v1/demo/devices/pump-01/prediction"
 STATUS = "fedge/v1/demo/devices/pump-01/status"
 SUMMARY = "fedge/v1/demo/rounds/summary"
+EVENTS = "fedge/v1/demo/devices/pump-01/events"
+EVENT = (
+    b'{"fleet":"demo","device":"pump-01","kind":"failure","ts":1749999990.5,'
+    b'"note":"seized","event_id":"0123456789ab4def8123456789abcdef","source":"operator"}'
+)
 
 
 def rules(**kwargs: object) -> IngestRules:
@@ -113,6 +118,30 @@ def test_round_summary_becomes_one_fl_round_point() -> None:
         "participants=2i,rejected=1i,num_examples=0i,val_examples=0i,bytes_received=0i,"
         "duration_s=0.0,rejected_replay=1i 1749999998000000000"
     ]
+
+
+def test_maintenance_event_becomes_one_event_point_at_its_own_time() -> None:
+    assert as_lines(accept(rules(), EVENTS, EVENT)) == [
+        'event,device=pump-01,fleet=demo,kind=failure note="seized",'
+        'event_id="0123456789ab4def8123456789abcdef",source="operator" 1749999990500000000'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reason", "change"),
+    [
+        (IngestReject.TOPIC_MISMATCH, (b'"device":"pump-01"', b'"device":"pump-02"')),
+        (IngestReject.WRONG_FLEET, (b'"fleet":"demo"', b'"fleet":"other"')),
+        (IngestReject.INVALID_SCHEMA, (b'"kind":"failure"', b'"kind":"exploded"')),
+        (IngestReject.INVALID_SCHEMA, (b'"0123456789ab4', b'"not-a-uuid4')),
+        (IngestReject.FUTURE_TIMESTAMP, (b"1749999990.5", b"1750086401")),
+    ],
+)
+def test_bad_maintenance_events_are_refused(
+    reason: IngestReject, change: tuple[bytes, bytes]
+) -> None:
+    assert change[0] in EVENT
+    assert reject(rules(), EVENTS, EVENT.replace(*change)).reason is reason
 
 
 # Rejected messages: each reason of the rules exactly once ------------------------------------

@@ -116,12 +116,29 @@ def test_other_messages_round_trip() -> None:
         DeviceStatus(fleet="f", device="d", state="offline", ts=1_700_000_000.0, buffer_depth=0),
         Prediction(fleet="f", device="d", ts=1_700_000_000.0, model_version=2, rul=17.5,
                    failure_probability=0.25, horizon=30, alert=True, unit=3),
+        Prediction(fleet="f", device="d", ts=1_700_000_000.0, model_version=2, rul=17.5,
+                   failure_probability=0.25, horizon=30, health=0.5, anomaly=True,
+                   anomaly_reason="oil_pressure z=-4.2"),
         RoundSummary(fleet="f", round_id=4, task="evaluate", ts=1_700_000_000.0,
                      outcome="failed", version=2, participants=1,
                      rejected_by_reason={"replay": 2}, val_error=3.5),
     ]
     for message in messages:
         assert decode_message(type(message), encode_message(message)) == message
+
+
+def test_prediction_health_fields_exact_bytes_and_bounds() -> None:
+    pred = Prediction(fleet="f", device="d", ts=1_700_000_000.0, model_version=2, rul=17.5,
+                      failure_probability=0.25, horizon=30, health=0.5, anomaly=True,
+                      anomaly_reason="oil_pressure z=-4.2")
+    assert encode_message(pred) == (
+        b'{"fleet":"f","device":"d","ts":1700000000.0,"model_version":2,"rul":17.5,'
+        b'"failure_probability":0.25,"horizon":30,"alert":false,"health":0.5,'
+        b'"anomaly":true,"anomaly_reason":"oil_pressure z=-4.2"}'
+    )
+    for bad in (1.5, -0.1):
+        with pytest.raises(MessageError, match="health"):
+            decode_message(Prediction, encode_message(pred).replace(b"0.5", str(bad).encode()))
 
 
 def test_messages_are_frozen() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedge.errors import MessageError, SinkError
+from fedge.lives import MaintenanceEvent
 from fedge.messages import (
     DeviceStatus,
     Prediction,
@@ -15,6 +16,7 @@ from fedge.messages import (
 )
 from fedge.points import (
     Point,
+    event_points,
     health_points,
     lines,
     prediction_points,
@@ -126,6 +128,78 @@ def test_prediction_with_alert_adds_alert_point() -> None:
         'failure_probability=0.875,message="pump-01: predicted RUL 12.0 cycles, failure '
         f'probability 88% within 30 cycles (model v4)" {TS_NS}',
     ]
+
+
+def test_prediction_with_health_and_anomaly_adds_an_anomaly_alert() -> None:
+    pred = Prediction(
+        fleet="demo",
+        device="pump-01",
+        ts=TS,
+        model_version=4,
+        rul=87.5,
+        failure_probability=0.05,
+        horizon=30,
+        health=0.25,
+        anomaly=True,
+        anomaly_reason="bearing_temp z=+6.1, vibration_rms z=+4.3",
+    )
+    assert [p.to_line() for p in prediction_points(pred)] == [
+        "prediction,device=pump-01,fleet=demo rul=87.5,failure_probability=0.05,"
+        f"model_version=4i,horizon=30i,alert=false,health=0.25,anomaly=true {TS_NS}",
+        "alert,device=pump-01,fleet=demo,kind=anomaly rul=87.5,failure_probability=0.05,"
+        'health=0.25,message="pump-01: anomaly: bearing_temp z=+6.1, vibration_rms z=+4.3" '
+        f"{TS_NS}",
+    ]
+
+
+def test_prediction_with_a_healthy_score_says_no_anomaly() -> None:
+    pred = Prediction(
+        fleet="demo",
+        device="pump-01",
+        ts=TS,
+        model_version=4,
+        rul=87.5,
+        failure_probability=0.05,
+        horizon=30,
+        health=1.0,
+    )
+    assert [p.to_line() for p in prediction_points(pred)] == [
+        "prediction,device=pump-01,fleet=demo rul=87.5,failure_probability=0.05,"
+        f"model_version=4i,horizon=30i,alert=false,health=1.0,anomaly=false {TS_NS}"
+    ]
+
+
+def test_event_point_is_stamped_with_the_event_time() -> None:
+    event = MaintenanceEvent(
+        fleet="demo",
+        device="pump-01",
+        kind="failure",
+        ts=TS,
+        note='bearing "seized"',
+        event_id="0123456789ab4def8123456789abcdef",
+        source="cli",
+    )
+    assert [p.to_line() for p in event_points(event)] == [
+        'event,device=pump-01,fleet=demo,kind=failure note="bearing \\"seized\\"",'
+        f'event_id="0123456789ab4def8123456789abcdef",source="cli" {TS_NS}'
+    ]
+
+
+def test_event_without_a_note_keeps_the_note_field_a_string() -> None:
+    event = MaintenanceEvent(
+        fleet="demo",
+        device="pump-01",
+        kind="repair",
+        ts=TS,
+        event_id="0123456789ab4def8123456789abcdef",
+        source="simulator",
+    )
+    (point,) = event_points(event)
+    assert point.field_dict == {
+        "note": "",
+        "event_id": "0123456789ab4def8123456789abcdef",
+        "source": "simulator",
+    }
 
 
 def test_health_online_uses_status_ts_and_types() -> None:

@@ -25,6 +25,7 @@ def test_exact_topic_strings() -> None:
     assert T.telemetry("pump-03") == "fedge/v1/plant-7/devices/pump-03/telemetry"
     assert T.status("pump-03") == "fedge/v1/plant-7/devices/pump-03/status"
     assert T.prediction("pump-03") == "fedge/v1/plant-7/devices/pump-03/prediction"
+    assert T.events("pump-03") == "fedge/v1/plant-7/devices/pump-03/events"
     assert T.round_current == "fedge/v1/plant-7/rounds/current"
     assert T.update(12, "pump-03") == "fedge/v1/plant-7/rounds/12/updates/pump-03"
     assert T.update(0, "pump-03") == "fedge/v1/plant-7/rounds/0/updates/pump-03"
@@ -36,6 +37,7 @@ def test_exact_subscription_filters() -> None:
     assert T.all_telemetry == "fedge/v1/plant-7/devices/+/telemetry"
     assert T.all_status == "fedge/v1/plant-7/devices/+/status"
     assert T.all_predictions == "fedge/v1/plant-7/devices/+/prediction"
+    assert T.all_events == "fedge/v1/plant-7/devices/+/events"
     assert T.all_updates == "fedge/v1/plant-7/rounds/+/updates/+"
 
 
@@ -45,6 +47,7 @@ def test_exact_subscription_filters() -> None:
         (T.telemetry("pump-03"), ParsedTopic(TopicKind.TELEMETRY, "plant-7", "pump-03")),
         (T.status("pump-03"), ParsedTopic(TopicKind.STATUS, "plant-7", "pump-03")),
         (T.prediction("pump-03"), ParsedTopic(TopicKind.PREDICTION, "plant-7", "pump-03")),
+        (T.events("pump-03"), ParsedTopic(TopicKind.EVENTS, "plant-7", "pump-03")),
         (T.round_current, ParsedTopic(TopicKind.ROUND_CURRENT, "plant-7")),
         (T.update(12, "pump-03"), ParsedTopic(TopicKind.UPDATE, "plant-7", "pump-03", 12)),
         (T.round_summary, ParsedTopic(TopicKind.ROUND_SUMMARY, "plant-7")),
@@ -58,7 +61,7 @@ def test_parse_round_trip(topic: str, expected: ParsedTopic) -> None:
 
 def test_parse_covers_every_kind() -> None:
     built = [
-        T.telemetry("d"), T.status("d"), T.prediction("d"), T.round_current,
+        T.telemetry("d"), T.status("d"), T.prediction("d"), T.events("d"), T.round_current,
         T.update(1, "d"), T.round_summary, T.global_model,
     ]
     assert {parse_topic(t).kind for t in built} == set(TopicKind)
@@ -91,7 +94,7 @@ BAD_SEGMENTS = [
 
 @pytest.mark.parametrize("bad", BAD_SEGMENTS)
 def test_invalid_device_segment_is_refused_when_building(bad: str) -> None:
-    for build in (T.telemetry, T.status, T.prediction, lambda d: T.update(1, d)):
+    for build in (T.telemetry, T.status, T.prediction, T.events, lambda d: T.update(1, d)):
         with pytest.raises(TopicError, match="invalid device"):
             build(bad)
 
