@@ -43,9 +43,10 @@ class FileSpool:
     def __init__(self, width: int, *, directory: Path | None = None) -> None:
         self._width = int(width)
         self._rows = 0
+        self._file: BinaryIO | None = None  # set first: __del__ runs even if opening fails
         try:
             # Unbuffered: pwrite/preadv on the descriptor, no Python-side copy.
-            self._file: BinaryIO | None = tempfile.TemporaryFile(  # noqa: SIM115 - closed in close()
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115 - closed in close()
                 prefix="fedge-round-", dir=directory, buffering=0
             )
         except OSError as exc:
