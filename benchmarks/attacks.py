@@ -1,7 +1,7 @@
 """Poisoning attacks vs robust aggregation, robust reducers' memory, and the cost of DP.
 
-    python benchmarks/attacks.py            # default run (~10 min on 2 cores)
-    python benchmarks/attacks.py --quick    # smoke run (~2 min)
+    python benchmarks/attacks.py            # default run (16 min measured on 2 busy cores)
+    python benchmarks/attacks.py --quick    # smoke run (~3 min)
 
 (1) Attacks. 10 devices, the first 20% / 30% of them attacking, each attack against
 each strategy; the real agent and aggregator over the in-memory transport (the same
