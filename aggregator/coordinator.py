@@ -61,6 +61,7 @@ from aggregator.effects import (
     RoundClosed,
     SaveCheckpoint,
 )
+from aggregator.safeguards import RoundSafeguards
 from aggregator.state import Checkpoint
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.config import AggregatorConfig
@@ -181,6 +182,12 @@ class RoundCoordinator:
         if initial.strategy_state:
             strategy.server_step.load_state(initial.strategy_state)
         self.validator = UpdateValidator(fleet=config.fleet, allowed_devices=config.allowed_devices)
+        # Update bounds, round spools, privacy budget (aggregator.safeguards).
+        self.safeguards = RoundSafeguards(
+            config,
+            n_params=sum(int(self.tensors[k].size) for k in self.trainable),
+            completed_rounds=self.version,
+        )
         self.phase = Phase.WAITING
         self.online: dict[str, DeviceStatus] = {}
         self.open: _OpenRound | None = None
@@ -420,7 +427,9 @@ class RoundCoordinator:
             announcement=announcement,
             expect=RoundExpectation(announcement.round_id, self.version, task, template),
             expected=set(expected),
-            accumulator=self.strategy.reducer_for(task, template),
+            accumulator=self.safeguards.wrap(
+                self.strategy.reducer_for(task, template), task, template
+            ),
             resumed=resumed,
         )
         self.last_round_id = max(self.last_round_id, announcement.round_id)
@@ -590,6 +599,13 @@ class RoundCoordinator:
             self._remember(current)
         if ok and task == "evaluate":
             self.evaluated = True
+        safety = self.safeguards.close_round(
+            current.accumulator, task=task, published=ok and task == "train"
+        )
+        participants -= safety.late_rejected
+        for reason, count in safety.rejected.items():
+            current.rejected[reason] += count
+            self.rejected_total[reason] += count
         effects.append(JournalClose(current.expect.round_id, "completed" if ok else "failed", now))
         if ok and task in ("stats", "train"):
             # Saved before the publish, so the version the fleet sees is on disk first (a
@@ -616,6 +632,10 @@ class RoundCoordinator:
             val_examples=current.val_examples,
             bytes_received=current.bytes_received,
             duration_s=max(0.0, now - current.announcement.issued_at),
+            clipped=safety.clipped,
+            dp_epsilon=safety.dp_epsilon,
+            dp_delta=safety.dp_delta,
+            dp_epsilon_local=safety.dp_epsilon_local,
         )
         self.history.append(summary)
         log.info(

@@ -409,6 +409,11 @@ def training_dashboard() -> Dashboard:
             custom={"drawStyle": "bars", "stacking": {"mode": "normal"}, "fillOpacity": 80},
         ),
         timeseries(
+            "Privacy budget spent (ε at the configured δ) and clipped updates",
+            rounds('"dp_epsilon", "dp_epsilon_local", "clipped"'),
+            custom={"showPoints": "always"},
+        ),
+        timeseries(
             "Update bytes received per round",
             rounds('"bytes_received"'),
             unit="bytes",

@@ -45,6 +45,8 @@ __all__ = [
     "FedgeSettings",
     "IngestConfig",
     "ModelSpec",
+    "PrivacyConfig",
+    "RobustConfig",
     "ServiceSecurity",
     "default_fleet_model",
     "load_config",
@@ -184,6 +186,45 @@ class ServiceSecurity(BaseModel):
         )
 
 
+class RobustConfig(BaseModel):
+    """``[robust]`` of the aggregator: server-side bounds on each training update.
+
+    ``max_examples`` caps the weight (example count) one update carries;
+    ``examples_median_multiple`` caps it at that multiple of the round's median count.
+    ``max_update_norm`` bounds ``||update - global||``; ``norm_median_multiple`` bounds
+    it at that multiple of the round's median norm. ``norm_action``: ``clip`` scales a
+    longer delta down to the bound (counted in the summary's ``clipped``), ``reject``
+    refuses the update (reason ``norm_too_large``). Either median rule makes the round
+    buffer its updates (on disk, in ``spool_dir``) and apply the bounds at the close.
+    The robust reducers (median, trimmed_mean, krum, multi_krum) buffer in
+    ``spool_dir`` too (default: the system temp dir); files never outlive the round.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_examples: Annotated[int, Field(ge=1)] | None = None
+    examples_median_multiple: Annotated[float, Field(gt=0)] | None = None
+    max_update_norm: Annotated[float, Field(gt=0)] | None = None
+    norm_median_multiple: Annotated[float, Field(gt=0)] | None = None
+    norm_action: Literal["clip", "reject"] = "clip"
+    spool_dir: Path | None = None
+
+
+class PrivacyConfig(BaseModel):
+    """``[privacy]`` of the aggregator: how the privacy budget of ``training.dp`` is counted.
+
+    ``delta``: the delta at which epsilon is reported. ``population``: the number of
+    devices the round's participants are drawn from; the accountant then assumes
+    Poisson sampling with ``q = participants / population``, which only holds if
+    devices really are selected at random. Unset, ``q = 1`` (no amplification).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    population: Annotated[int, Field(ge=1)] | None = None
+
+
 class FedgeSettings(BaseSettings):
     """Settings base: frozen, unknown keys refused, TOML file as the lowest source."""
 
@@ -308,6 +349,8 @@ class AggregatorConfig(FedgeSettings):
     final_evaluation: bool = True
     seed: int = 0
     security: ServiceSecurity = ServiceSecurity()
+    robust: RobustConfig = RobustConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @field_validator("strategy")
     @classmethod

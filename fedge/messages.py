@@ -18,6 +18,7 @@ from fedge.spec import ModelSpec
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "DeviceStatus",
+    "DpConfig",
     "Prediction",
     "Reading",
     "RoundAnnouncement",
@@ -47,6 +48,20 @@ class WireModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=False)
 
 
+class DpConfig(WireModel):
+    """Client-level differential privacy of a training round (see :mod:`fedge.privacy`).
+
+    Each device clips its update's delta to ``clip_norm`` and adds Gaussian noise of
+    std ``noise_multiplier * clip_norm / sqrt(expected_clients)`` per coordinate, so
+    the sum over ``expected_clients`` updates carries noise of std
+    ``noise_multiplier * clip_norm`` (distributed noise: the aggregator never holds it).
+    """
+
+    clip_norm: Annotated[float, Field(gt=0.0, le=1e6)]
+    noise_multiplier: Annotated[float, Field(ge=0.0, le=1e4)]
+    expected_clients: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+
+
 class TrainingConfig(WireModel):
     """Local training settings the aggregator sends with each round."""
 
@@ -55,6 +70,7 @@ class TrainingConfig(WireModel):
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
     proximal_mu: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
     max_examples: Annotated[int, Field(ge=1)] | None = None
+    dp: DpConfig | None = None
 
 
 class RoundAnnouncement(WireModel):
@@ -165,6 +181,15 @@ class RoundSummary(WireModel):
     val_examples: NonNegInt = 0
     bytes_received: NonNegInt = 0
     duration_s: Annotated[float, Field(ge=0.0)] = 0.0
+    # Server-side bounds (fedge.strategies.reducers.bounded): updates whose delta was
+    # scaled down to the norm bound. None when no bound is configured.
+    clipped: NonNegInt | None = None
+    # Differential privacy (fedge.privacy): the cumulative (epsilon, delta) of the
+    # published global model after this round, and epsilon against the aggregator
+    # itself, which sees each device's update with only that device's share of noise.
+    dp_epsilon: Annotated[float, Field(ge=0.0)] | None = None
+    dp_delta: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    dp_epsilon_local: Annotated[float, Field(ge=0.0)] | None = None
 
 
 M = TypeVar("M", bound=WireModel)

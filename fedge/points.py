@@ -598,6 +598,13 @@ def round_points(summary: RoundSummary) -> list[Point]:
         "duration_s": float(summary.duration_s),
         "train_loss": None if summary.train_loss is None else float(summary.train_loss),
         "val_error": None if summary.val_error is None else float(summary.val_error),
+        # Bounds and privacy (None, hence absent, when not configured).
+        "clipped": None if summary.clipped is None else int(summary.clipped),
+        "dp_epsilon": None if summary.dp_epsilon is None else float(summary.dp_epsilon),
+        "dp_delta": None if summary.dp_delta is None else float(summary.dp_delta),
+        "dp_epsilon_local": (
+            None if summary.dp_epsilon_local is None else float(summary.dp_epsilon_local)
+        ),
     }
     for reason, count in sorted(summary.rejected_by_reason.items()):
         fields[f"rejected_{reason}"] = int(count)

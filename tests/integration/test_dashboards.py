@@ -153,6 +153,10 @@ def fleet_messages() -> Iterator[tuple[str, WireModel]]:
                 val_examples=256,
                 bytes_received=0 if failed else 3 * 48_000,
                 duration_s=2.5 + round_id,
+                clipped=None if round_id == 0 else round_id % 2,
+                dp_epsilon=None if round_id == 0 else 0.5 * round_id,
+                dp_delta=None if round_id == 0 else 1e-5,
+                dp_epsilon_local=None if round_id == 0 else 2.0 * round_id,
             ),
         )
 

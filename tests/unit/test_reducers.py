@@ -239,9 +239,10 @@ def test_make_reducer_checks_options_up_front(monkeypatch: pytest.MonkeyPatch) -
         make_reducer("mean", {"trim": 0.1})
 
 
-@pytest.mark.parametrize("name", ["Mean", "median", "", "stats"])
+@pytest.mark.parametrize("name", ["Mean", "geomedian", "", "stats"])
 def test_make_reducer_unknown_name_lists_the_choices(name: str) -> None:
-    with pytest.raises(ConfigError, match=rf"unknown reducer {name!r}; choose one of \['mean'\]"):
+    choices = r"\['krum', 'mean', 'median', 'multi_krum', 'trimmed_mean'\]"
+    with pytest.raises(ConfigError, match=rf"unknown reducer {name!r}; choose one of {choices}"):
         make_reducer(name)
 
 

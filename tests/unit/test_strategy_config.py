@@ -54,7 +54,9 @@ def test_parts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("reducer", "median", r"reducer: .*unknown reducer 'median'; choose one of \['mean'\]"),
+        ("reducer", "geomedian",
+         r"reducer: .*unknown reducer 'geomedian'; choose one of \['krum', 'mean', 'median', "
+         r"'multi_krum', 'trimmed_mean'\]"),
         ("participation", "fedbuff",
          r"participation: .*unknown participation policy 'fedbuff'; choose one of \['sync'\]"),
         ("strategy", "fedmagic", r"strategy: .*unknown strategy 'fedmagic'; choose one of"),
