@@ -97,6 +97,10 @@ class Topics:
     def prediction(self, device: str) -> str:
         return self._device(device, "prediction")
 
+    def stored(self, device: str) -> str:
+        """Retained by ingest: how far the device's telemetry is durably stored (StoredAck)."""
+        return self._device(device, "stored")
+
     @property
     def round_current(self) -> str:
         return f"{self.root}/rounds/current"
@@ -127,6 +131,10 @@ class Topics:
     @property
     def all_predictions(self) -> str:
         return f"{self.root}/devices/+/prediction"
+
+    @property
+    def all_stored(self) -> str:
+        return f"{self.root}/devices/+/stored"
 
     @property
     def all_updates(self) -> str:
