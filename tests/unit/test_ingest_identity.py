@@ -46,9 +46,10 @@ def test_client_ids_are_stable_per_instance_and_distinct_between_instances(
     cfg_a = IngestConfig(fleet="plant", shared_group="g", spool_path=tmp_path / "a" / "spool")
     cfg_b = IngestConfig(fleet="plant", shared_group="g", spool_path=tmp_path / "b" / "spool")
     assert cfg_a.instance_file == tmp_path / "a" / "spool.instance"
-    with IngestInstance.acquire(cfg_a.instance_file) as a, IngestInstance.acquire(
-        cfg_b.instance_file
-    ) as b:
+    with (
+        IngestInstance.acquire(cfg_a.instance_file) as a,
+        IngestInstance.acquire(cfg_b.instance_file) as b,
+    ):
         id_a, id_b = ingest_client_id(cfg_a, a), ingest_client_id(cfg_b, b)
     assert id_a != id_b
     assert id_a == f"plant-ingest-g-{a.instance_id[:12]}"
