@@ -220,14 +220,11 @@ class IngestService:
         self._worker = threading.Thread(target=self._run, name="fedge-ingest", daemon=True)
         self._worker.start()
         try:
+            for topic_filter in self.subscriptions:
+                self.transport.subscribe(topic_filter, qos=1)
             if connect:
-                for topic_filter in self.subscriptions:
-                    self.transport.subscribe(topic_filter, qos=1)
                 self.transport.connect(on_message=self.handle)
                 self._connected_here = True
-            else:
-                for topic_filter in self.subscriptions:
-                    self.transport.subscribe(topic_filter, qos=1)
         except BaseException:
             self.stop(timeout=1.0)
             raise
