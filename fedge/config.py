@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -51,6 +52,9 @@ __all__ = [
     "default_fleet_model",
     "load_config",
 ]
+
+# What fedge accepts as an explicit MQTT client id (brokers allow more; this is enough).
+MqttClientId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 
 _TOML_DATA: ContextVar[dict[str, Any] | None] = ContextVar("_TOML_DATA", default=None)
 
@@ -402,6 +406,19 @@ class IngestConfig(FedgeSettings):
     shared_group: Identifier | None = None
     known_devices: frozenset[Identifier] | None = None
     security: ServiceSecurity = ServiceSecurity()
+    #: MQTT client id. Default: ``<fleet>-ingest[-<shared_group>]-<instance>`` where
+    #: ``<instance>`` comes from the instance id file: stable across restarts (the
+    #: broker resumes the session) and distinct between instances.
+    client_id: MqttClientId | None = None
+    #: Where the persistent instance id lives; default ``<spool_path>.instance``. One
+    #: running process per file (it is locked), so give each instance its own spool.
+    instance_id_path: Path | None = None
+    #: MQTT 5: how long the broker keeps the session (and queues for it) while ingest
+    #: is away. MQTT 3.1.1 sessions last until ``persistent_client_expiration``.
+    session_expiry_s: Annotated[int, Field(ge=60, le=0xFFFFFFFF)] = 7 * 86_400
+    #: Publish stored-up-to watermarks per device (retained ``devices/<d>/stored``)
+    #: for agents that keep readings until they are stored. Not with ``shared_group``.
+    stored_acks: bool = False
 
     @field_validator("influx_url")
     @classmethod
@@ -409,6 +426,19 @@ class IngestConfig(FedgeSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("influx_url must start with http:// or https://")
         return value
+
+    @model_validator(mode="after")
+    def _stored_acks_need_every_message(self) -> IngestConfig:
+        if self.stored_acks and self.shared_group is not None:
+            raise ValueError("stored_acks cannot be combined with shared_group")
+        return self
+
+    @property
+    def instance_file(self) -> Path:
+        """The instance id file (``instance_id_path``, or next to the spool)."""
+        if self.instance_id_path is not None:
+            return self.instance_id_path
+        return self.spool_path.with_name(self.spool_path.name + ".instance")
 
 
 S = TypeVar("S", bound=FedgeSettings)

@@ -115,6 +115,10 @@ class Accepted:
     points: Sequence[Point]
     duplicates: int = 0
     future_readings: int = 0
+    #: Telemetry with ``track_readings``: the device and every ``(seq, ts)`` of the
+    #: message that ingest has now dealt with (kept, duplicate or refused as future).
+    device: str | None = None
+    readings: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +210,9 @@ class IngestRules:
     With ``telemetry_as_lines`` telemetry comes back as a
     :class:`~fedge.points.PointBatch` formatted straight to line protocol (no
     :class:`~fedge.points.Point` per reading unless someone asks for the points),
-    for sinks that write line protocol.
+    for sinks that write line protocol. With ``track_readings`` an accepted telemetry
+    message also names its device and every ``(seq, ts)`` it carried (ingest's
+    stored-up-to confirmations are built from them).
     """
 
     def __init__(
@@ -222,11 +228,13 @@ class IngestRules:
         authenticator: Authenticator | None = None,
         replay_guard: ReplayGuard | None = None,
         status_stamps: StatusStamps | None = None,
+        track_readings: bool = False,
     ) -> None:
         self.fleet = fleet
         self.authenticator = authenticator or Authenticator("off")
         self.replay_guard = replay_guard or ReplayGuard()
         self.status_stamps = status_stamps or StatusStamps()
+        self.track_readings = track_readings
         self.known_devices = None if known_devices is None else frozenset(known_devices)
         self.max_message_bytes = max_message_bytes
         self.max_future_s = max_future_s
@@ -383,6 +391,11 @@ class IngestRules:
                 f"all {future} reading(s) of {batch.device} are more than "
                 f"{self.max_future_s:.0f}s ahead of the ingest clock",
             )
+        accepted = partial(Accepted, future_readings=future)
+        if self.track_readings:
+            accepted = partial(
+                accepted, device=batch.device, readings=tuple((r.seq, r.ts) for r in readings)
+            )
         current: list[int] = []
         if future:
             current = [i for i, r in enumerate(readings) if r.ts <= limit]
@@ -393,7 +406,7 @@ class IngestRules:
             points = telemetry_points(batch)
             fresh = self.dedup.fresh(batch.device, batch.readings)
             kept = sum(fresh)
-            return Accepted(list(compress(points, fresh)), len(fresh) - kept, future)
+            return accepted(list(compress(points, fresh)), len(fresh) - kept)
         # Line protocol straight from the message. Points are built only if someone asks
         # for them, by decoding the payload again, so no decoded model outlives this
         # call (it would only feed the garbage collector while a drain is written).
@@ -407,7 +420,7 @@ class IngestRules:
             positions = current if future else range(len(readings))
             keep = tuple(compress(positions, fresh))
         make_points = partial(_points_again, payload, keep)
-        return Accepted(PointBatch(lines=lines, make_points=make_points), len(fresh) - kept, future)
+        return accepted(PointBatch(lines=lines, make_points=make_points), len(fresh) - kept)
 
 
 def _points_again(payload: bytes, keep: tuple[int, ...] | None) -> list[Point]:

@@ -24,6 +24,7 @@ __all__ = [
     "RoundAnnouncement",
     "RoundSummary",
     "RoundTask",
+    "StoredAck",
     "TelemetryBatch",
     "TrainingConfig",
     "WireModel",
@@ -138,6 +139,23 @@ class TelemetryBatch(WireModel):
     site: Identifier | None = None
     unit: NonNegInt | None = None
     readings: list[Reading] = Field(min_length=1, max_length=10_000)
+
+
+class StoredAck(WireModel):
+    """Retained by ingest on ``devices/<device>/stored``: end-to-end confirmation.
+
+    Every reading of ``device`` with ``seq <= through_seq`` (the one at
+    ``through_seq`` has device time ``through_ts``) is durably stored, so the agent
+    may forget them; ``ts`` is when ingest said so. A reading the agent still holds
+    with ``seq <= through_seq`` but a *later* ``ts`` than ``through_ts`` belongs to a
+    restarted counter and is not covered.
+    """
+
+    fleet: Identifier
+    device: Identifier
+    through_seq: NonNegInt
+    through_ts: Timestamp
+    ts: Timestamp
 
 
 class Prediction(WireModel):

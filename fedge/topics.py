@@ -103,6 +103,9 @@ class Topics:
         """Maintenance events of one machine: published by its agent (failures the source
         reported, events recorded with ``fedge agent event``) and by operator tools."""
         return self._device(device, "events")
+    def stored(self, device: str) -> str:
+        """Retained by ingest: how far the device's telemetry is durably stored (StoredAck)."""
+        return self._device(device, "stored")
 
     @property
     def round_current(self) -> str:
@@ -138,6 +141,10 @@ class Topics:
     @property
     def all_events(self) -> str:
         return f"{self.root}/devices/+/events"
+
+    @property
+    def all_stored(self) -> str:
+        return f"{self.root}/devices/+/stored"
 
     @property
     def all_updates(self) -> str:

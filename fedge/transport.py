@@ -8,6 +8,14 @@ for simulating hundreds of devices in one process.
 
 Callbacks run on the transport's thread. Handlers must be quick: hand the
 message to a queue and return (the agent and aggregator do exactly that).
+
+Acknowledgements: by default a transport acknowledges a QoS 1 message to the
+broker as soon as the handler returns (the agent and the aggregator rely on
+that). A transport built with manual acknowledgements (``PahoTransport(...,
+manual_ack=True)``, used by ingest) hands every QoS>0 message over with an ack
+handle instead: the broker considers the message delivered only once
+:meth:`InboundMessage.ack` (or :meth:`Transport.ack`) is called, so a consumer
+that crashes before storing a message gets it again from its persistent session.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from paho.mqtt.client import topic_matches_sub
 from fedge.errors import TransportError
 
 __all__ = [
+    "AckHandle",
     "InMemoryBroker",
     "InMemoryTransport",
     "InboundMessage",
@@ -36,14 +45,33 @@ __all__ = [
 _T = TypeVar("_T")
 
 
+AckHandle = Callable[[], None]
+
+
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
-    """A message delivered to a subscriber."""
+    """A message delivered to a subscriber.
+
+    ``ack_handle`` is set only by a transport with manual acknowledgements, for
+    QoS>0 messages: calling it (through :meth:`ack`) sends the PUBACK. Without it the
+    transport has acknowledged the message already and :meth:`ack` does nothing.
+    """
 
     topic: str
     payload: bytes
     retain: bool = False
     qos: int = 1
+    ack_handle: AckHandle | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def needs_ack(self) -> bool:
+        """Whether the broker waits for :meth:`ack` before it forgets this message."""
+        return self.ack_handle is not None
+
+    def ack(self) -> None:
+        """Acknowledge to the broker (idempotence is the transport's: call it once)."""
+        if self.ack_handle is not None:
+            self.ack_handle()
 
 
 MessageCallback = Callable[[InboundMessage], None]
@@ -99,13 +127,22 @@ class Transport(Protocol):
         ...
 
     def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
-        """Subscribe; the subscription is restored after reconnects."""
+        """Subscribe; the subscription is restored after reconnects.
+
+        May be called before :meth:`connect`: the subscription is then made as soon
+        as the session is up, before any message is handed to ``on_message`` (a
+        persistent session delivers its queued messages right after connecting).
+        """
         ...
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> PublishHandle:
         """Queue a publish and return a handle to wait for its acknowledgement."""
+        ...
+
+    def ack(self, message: InboundMessage) -> None:
+        """Acknowledge ``message`` to the broker (a no-op unless it needs an ack)."""
         ...
 
     def close(self) -> None:
@@ -207,19 +244,38 @@ class InMemoryBroker:
 
 
 class InMemoryTransport:
-    """A :class:`Transport` attached to an :class:`InMemoryBroker`."""
+    """A :class:`Transport` attached to an :class:`InMemoryBroker`.
+
+    Delivery is synchronous, so there is nothing to acknowledge: :meth:`ack` is a
+    no-op (it only counts, in :attr:`acks`). Subscriptions made before the first
+    :meth:`connect` are applied when it connects; after :meth:`close` subscribing
+    raises TransportError.
+    """
 
     def __init__(self, broker: InMemoryBroker, client_id: str) -> None:
         self._broker = broker
         self.client_id = client_id
         self._connected = False
+        self._closed = False
+        self._early: dict[str, int] = {}
+        self.acks = 0
 
     def connect(self, *, on_message: MessageCallback, will: Will | None = None) -> None:
         self._broker._attach(_Session(self.client_id, on_message, will))
         self._connected = True
+        early, self._early = self._early, {}
+        for topic_filter, qos in early.items():
+            self._broker._subscribe(self.client_id, topic_filter, qos)
 
     def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        if not self._connected and not self._closed:
+            self._early[topic_filter] = qos
+            return
         self._broker._subscribe(self.client_id, topic_filter, qos)
+
+    def ack(self, message: InboundMessage) -> None:
+        self.acks += 1
+        message.ack()
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -230,6 +286,7 @@ class InMemoryTransport:
         return _Delivered()
 
     def close(self) -> None:
+        self._closed = True
         if self._connected:
             self._connected = False
             self._broker._detach(self.client_id, publish_will=False)

@@ -482,12 +482,30 @@ def ingest(
         str | None,
         typer.Option(help="MQTT 5 shared subscription group, to split load across processes."),
     ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(help="MQTT client id (default: fleet, group and this instance's id)."),
+    ] = None,
+    stored_acks: Annotated[
+        bool | None,
+        typer.Option(
+            "--stored-acks/--no-stored-acks",
+            help="Publish per-device stored-up-to watermarks (not with --shared-group).",
+        ),
+    ] = None,
     log_level: LogOpt = "INFO",
 ) -> None:
-    """Ingest telemetry, predictions, status and round metrics into InfluxDB (or SQLite)."""
+    """Ingest telemetry, predictions, status and round metrics into InfluxDB (or SQLite).
+
+    Runs a persistent MQTT session and acknowledges each message only once it is
+    stored durably, so a restarted ingest gets whatever the broker queued meanwhile.
+    Each instance keeps its id in a file next to its spool: run each instance with
+    its own --spool.
+    """
+    from aggregator.ingest_identity import IngestInstance
     from aggregator.telemetry import describe_sink
     from fedge.config import IngestConfig
-    from fedge_app.wiring import build_ingest, mqtt_transport
+    from fedge_app.wiring import build_ingest, ingest_transport
 
     _setup_logging(log_level)
     try:
@@ -500,29 +518,33 @@ def ingest(
             "sqlite_path": sqlite,
             "spool_path": spool,
             "shared_group": shared_group,
+            "client_id": client_id,
+            "stored_acks": stored_acks,
         }
         # Shared subscriptions are an MQTT 5 feature.
         cfg = _load(IngestConfig, config, broker, overrides, protocol="5" if shared_group else None)
-        service, sink = build_ingest(
-            cfg,
-            transport=mqtt_transport(
-                cfg.broker, client_id=f"{cfg.fleet}-ingest-{int(time.time())}"
-            ),
-        )
-        try:
-            service.start()
-            console.print(
-                f"ingesting fleet {cfg.fleet} from {cfg.broker.url} into "
-                f"{describe_sink(cfg)}; Ctrl-C stops"
-            )
-            _wait_for_ctrl_c(threading.Event())
-        finally:
-            service.stop()
-            sink.close()
+        with IngestInstance.acquire(cfg.instance_file) as instance:
+            transport = ingest_transport(cfg, instance)
+            service, sink = build_ingest(cfg, transport=transport)
+            try:
+                service.start()
+                if not transport.wait_subscribed(15.0):
+                    console.print("[yellow]warning:[/] subscriptions not confirmed yet")
+                resumed = "resumed" if transport.session_present else "new"
+                console.print(
+                    f"ingesting fleet {cfg.fleet} from {cfg.broker.url} into "
+                    f"{describe_sink(cfg)} as client {transport.client_id} ({resumed} "
+                    "session); Ctrl-C stops"
+                )
+                _wait_for_ctrl_c(threading.Event())
+            finally:
+                service.stop()
+                sink.close()
         stats = service.stats
         console.print(
             f"received {stats.received}, points written {stats.points_written}, duplicates "
-            f"{stats.duplicates}, rejected {dict(stats.rejected)}"
+            f"{stats.duplicates}, acknowledged {stats.acked}, left to the broker "
+            f"{stats.deferred}, rejected {dict(stats.rejected)}"
         )
     except FedgeError as exc:
         raise _fail(exc) from exc

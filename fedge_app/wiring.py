@@ -22,6 +22,7 @@ from pathlib import Path
 
 from aggregator.checkpoint import CheckpointStore
 from aggregator.ingest import IngestService
+from aggregator.ingest_identity import IngestInstance
 from aggregator.service import AggregatorService
 from aggregator.sinks import Sink
 from aggregator.telemetry import open_sink
@@ -51,6 +52,8 @@ __all__ = [
     "build_agent",
     "build_aggregator",
     "build_ingest",
+    "ingest_client_id",
+    "ingest_transport",
     "mqtt_transport",
     "service_security",
 ]
@@ -98,6 +101,29 @@ def agent_client_id(config: AgentConfig) -> str:
 def aggregator_client_id(config: AggregatorConfig) -> str:
     """The aggregator's MQTT client id (one aggregator per fleet)."""
     return f"{config.fleet}-aggregator"
+
+
+def ingest_client_id(config: IngestConfig, instance: IngestInstance) -> str:
+    """``config.client_id``, else ``<fleet>-ingest[-<group>]-<instance id prefix>``.
+
+    Stable for one instance (its id file persists), distinct between instances: the
+    broker resumes this instance's session and never confuses two of them.
+    """
+    if config.client_id is not None:
+        return config.client_id
+    group = f"-{config.shared_group}" if config.shared_group else ""
+    return f"{config.fleet}-ingest{group}-{instance.instance_id[:12]}"
+
+
+def ingest_transport(config: IngestConfig, instance: IngestInstance) -> PahoTransport:
+    """The ingest's MQTT transport: persistent session, manual acks (ack after durable)."""
+    return PahoTransport(
+        config.broker,
+        client_id=ingest_client_id(config, instance),
+        clean_session=False,
+        manual_ack=True,
+        session_expiry_s=config.session_expiry_s,
+    )
 
 
 def mqtt_transport(
@@ -185,5 +211,6 @@ def build_ingest(
         known_devices=config.known_devices,
         shared_group=config.shared_group,
         authenticator=authenticator,
+        stored_acks=config.stored_acks,
     )
     return service, sink

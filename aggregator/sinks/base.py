@@ -19,6 +19,10 @@ class SinkStats:
     destination (for InfluxDB: what is in the durable spool). ``points_refused`` were
     never accepted (the spool was full; the caller got a SinkError). ``points_rejected``
     were refused by the server as invalid and kept in a dead-letter table.
+    ``points_duplicate`` were already stored identically (a redelivery, ignored);
+    ``points_conflicting`` clashed with a stored point of the same identity but
+    other values, and the stored one was kept (sinks that can tell; InfluxDB
+    cannot: there the later write of a point wins).
     """
 
     points_written: int = 0
@@ -28,6 +32,8 @@ class SinkStats:
     retries: int = 0
     points_refused: int = 0
     points_rejected: int = 0
+    points_duplicate: int = 0
+    points_conflicting: int = 0
     last_error: str | None = None
 
 

@@ -1,9 +1,20 @@
 """SQLite sink: the zero-setup default when no InfluxDB URL is configured.
 
 Points are stored with the same schema as in InfluxDB (see :mod:`fedge.points`)
-in one generic table, with InfluxDB's write semantics: a point is identified by
-measurement + tag set + time, and writing the same point again merges its fields
-(last write wins) instead of adding a row, so redelivered data never doubles.
+in one generic table; a point is identified by measurement + tag set + time (the
+table's primary key), so redelivered data never doubles:
+
+* ``telemetry`` readings are never overwritten: a reading whose point already
+  exists is ignored. If the stored one has the same fields it was a redelivery
+  (counted in ``SinkStats.points_duplicate``); if its fields differ, the first
+  one is kept and the clash counted in ``SinkStats.points_conflicting`` (and
+  logged): a device that sent two different readings for one instant.
+* every other measurement has InfluxDB's semantics: writing the same point again
+  merges its fields (last write wins).
+
+A write returns once its transaction is committed: with ``synchronous="NORMAL"``
+(the default) a committed write survives a crash of the process, with ``"FULL"``
+also a crash of the machine (power loss).
 
 Tables and views::
 
@@ -29,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +54,21 @@ from fedge.points import FieldValue, Point
 from fedge.storage import open_sqlite
 
 __all__ = ["SqliteSink"]
+
+log = logging.getLogger(__name__)
+
+# Measurements whose points are first-write-wins (a stored reading is never overwritten).
+_IMMUTABLE = frozenset({"telemetry"})
+
+_UPSERT = (
+    "INSERT INTO points (measurement, tags, time_ns, fields) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (measurement, tags, time_ns) "
+    "DO UPDATE SET fields = json_patch(points.fields, excluded.fields)"
+)
+_INSERT_NEW = (
+    "INSERT INTO points (measurement, tags, time_ns, fields) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (measurement, tags, time_ns) DO NOTHING"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
@@ -109,6 +136,8 @@ class SqliteSink:
             self.path, schema=_SCHEMA, what="SQLite sink", error=SinkError, synchronous=synchronous
         )
         self._written = 0
+        self._duplicate = 0
+        self._conflicting = 0
         self._batches = 0
         self._errors = 0
         self._last_error: str | None = None
@@ -132,34 +161,65 @@ class SqliteSink:
         return False
 
     def write(self, points: Sequence[Point]) -> None:
-        """Upsert ``points`` in one transaction (fields of an existing point are merged)."""
+        """Store ``points`` in one committed transaction (see the module docs for a repeat)."""
         if not points:
             return
-        rows = [
-            (
+        new_rows: list[tuple[str, str, int, str]] = []
+        merged_rows: list[tuple[str, str, int, str]] = []
+        for p in points:
+            row = (
                 p.measurement,
                 # Sorted keys make the JSON canonical: it is the series identity.
                 json.dumps(p.tag_dict, sort_keys=True),
                 p.time_ns,
                 json.dumps(p.field_dict),
             )
-            for p in points
-        ]
+            (new_rows if p.measurement in _IMMUTABLE else merged_rows).append(row)
         with self._locked() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(
-                    "INSERT INTO points (measurement, tags, time_ns, fields) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (measurement, tags, time_ns) "
-                    "DO UPDATE SET fields = json_patch(points.fields, excluded.fields)",
-                    rows,
-                )
+                before = db.total_changes
+                if new_rows:
+                    db.executemany(_INSERT_NEW, new_rows)
+                inserted = db.total_changes - before
+                repeats = len(new_rows) - inserted
+                conflicts = self._conflicts(db, new_rows) if repeats else 0
+                if merged_rows:
+                    db.executemany(_UPSERT, merged_rows)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            self._written += len(rows)
+            self._written += inserted + len(merged_rows)
+            self._duplicate += repeats - conflicts
+            self._conflicting += conflicts
             self._batches += 1
+        if conflicts:
+            log.warning(
+                "%d telemetry reading(s) clash with a stored reading of the same device and "
+                "time but other values; the stored ones are kept",
+                conflicts,
+            )
+
+    @staticmethod
+    def _conflicts(db: sqlite3.Connection, rows: Sequence[tuple[str, str, int, str]]) -> int:
+        """Of ``rows`` just offered with DO NOTHING, how many differ from what is stored.
+
+        Called only when some row was not inserted. A row that was inserted reads back
+        equal; a repeat of the stored point too; only a clash reads back different.
+        Fields are compared parsed, so the key order of older rows does not matter.
+        """
+        conflicts = 0
+        for measurement, tags, time_ns, fields in rows:
+            stored = db.execute(
+                "SELECT fields FROM points WHERE measurement = ? AND tags = ? AND time_ns = ?",
+                (measurement, tags, time_ns),
+            ).fetchone()
+            if stored is not None and stored[0] != fields and json.loads(stored[0]) != json.loads(
+                fields
+            ):
+                conflicts += 1
+        return conflicts
 
     def query(
         self,
@@ -224,10 +284,12 @@ class SqliteSink:
 
     @property
     def stats(self) -> SinkStats:
-        """Current counters (``points_written`` counts upserts, including merges)."""
+        """Current counters (``points_written``: new telemetry rows plus other upserts)."""
         with self._lock:
             return SinkStats(
                 points_written=self._written,
+                points_duplicate=self._duplicate,
+                points_conflicting=self._conflicting,
                 batches_written=self._batches,
                 write_errors=self._errors,
                 last_error=self._last_error,

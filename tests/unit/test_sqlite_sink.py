@@ -86,6 +86,59 @@ def test_same_point_twice_is_one_row_with_merged_fields(sink: SqliteSink) -> Non
     assert x.field_dict == {"a": 1.0, "b": 3, "c": "new"}
 
 
+def test_a_stored_reading_is_never_overwritten_and_repeats_are_counted(sink: SqliteSink) -> None:
+    first = telemetry_points(batch("pump-01", range(3)))
+    sink.write(first)
+    # A redelivery of seqs 1-2 plus a new seq 3: two repeats, one new row.
+    sink.write(telemetry_points(batch("pump-01", range(1, 4))))
+    # Same device and instant as seq 0 but other values: a clash, the first one stays.
+    clash = Point.of(
+        "telemetry",
+        first[0].tag_dict,
+        {"temp": 99.0, "vib": 0.5, "seq": 0, "cycle": 0},
+        first[0].time_ns,
+    )
+    sink.write([clash])
+    assert sink.count("telemetry") == 4
+    stored = sink.query("telemetry", tags={"device": "pump-01"})
+    assert stored[0].field_dict["temp"] == 20.0
+    assert [p.field_dict["seq"] for p in stored] == [0, 1, 2, 3]
+    stats = sink.stats
+    assert (stats.points_written, stats.points_duplicate, stats.points_conflicting) == (4, 2, 1)
+
+
+def test_repeats_within_one_write_keep_the_first(sink: SqliteSink) -> None:
+    (p,) = telemetry_points(batch("pump-01", range(1)))
+    other = Point.of("telemetry", p.tag_dict, {"temp": -1.0, "seq": 0}, p.time_ns)
+    sink.write([p, p, other])
+    (stored,) = sink.query("telemetry")
+    assert stored == p
+    assert (sink.stats.points_duplicate, sink.stats.points_conflicting) == (1, 1)
+
+
+def test_rows_of_an_older_version_compare_by_value_not_key_order(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    sink = SqliteSink(path)
+    (p,) = telemetry_points(batch("pump-01", range(1)))
+    sink.write([p])
+    sink.close()
+    db = sqlite3.connect(path)
+    try:  # the same fields, keys in another order
+        (fields,) = db.execute("SELECT fields FROM points").fetchone()
+        reordered = json.dumps(dict(reversed(list(json.loads(fields).items()))))
+        assert reordered != fields
+        with db:
+            db.execute("UPDATE points SET fields = ?", (reordered,))
+    finally:
+        db.close()
+    sink = SqliteSink(path)
+    try:
+        sink.write([p])
+        assert (sink.stats.points_duplicate, sink.stats.points_conflicting) == (1, 0)
+    finally:
+        sink.close()
+
+
 def test_views_expose_tags_as_columns(tmp_path: Path) -> None:
     path = tmp_path / "fedge.db"
     sink = SqliteSink(path)

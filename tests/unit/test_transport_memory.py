@@ -184,17 +184,44 @@ def test_publish_to_wildcard_topic_is_refused(topic: str) -> None:
     assert broker.published_count == 0
 
 
-def test_publish_and_subscribe_need_a_connection() -> None:
+def test_publish_needs_a_connection_and_subscribe_after_close_fails() -> None:
     broker = InMemoryBroker()
     transport = broker.transport("never-connected")
     with pytest.raises(TransportError, match="not connected"):
         transport.publish("a", b"x")
-    with pytest.raises(TransportError, match="not connected"):
-        transport.subscribe("a")
     connected, _ = _client(broker, "c")
     connected.close()
     with pytest.raises(TransportError, match="not connected"):
         connected.publish("a", b"x")
+    with pytest.raises(TransportError, match="not connected"):
+        connected.subscribe("a")
+
+
+def test_subscription_before_connect_is_made_at_connect_before_any_message() -> None:
+    broker = InMemoryBroker()
+    pub, _ = _client(broker, "pub")
+    pub.publish("a/retained", b"r", retain=True)
+    early = broker.transport("early")
+    early.subscribe("a/#")
+    inbox = Inbox()
+    early.connect(on_message=inbox)
+    pub.publish("a/live", b"l")
+    assert inbox.messages == [
+        InboundMessage("a/retained", b"r", retain=True, qos=1),
+        InboundMessage("a/live", b"l", retain=False, qos=1),
+    ]
+
+
+def test_in_memory_ack_is_a_counted_no_op() -> None:
+    broker = InMemoryBroker()
+    sub, inbox = _client(broker, "sub")
+    sub.subscribe("a")
+    pub, _ = _client(broker, "pub")
+    pub.publish("a", b"x")
+    (message,) = inbox.messages
+    assert not message.needs_ack
+    sub.ack(message)
+    assert sub.acks == 1
 
 
 def test_second_connection_with_the_same_client_id_takes_over() -> None:
