@@ -98,6 +98,7 @@ class AggregatorService:
         self.transport.connect(on_message=self._inbox.put)
         self.transport.subscribe(self.topics.all_status)
         self.transport.subscribe(self.topics.all_updates)
+        self.transport.subscribe(self.topics.all_update_chunks)
         self._execute(self.coordinator.start(self.clock()))
 
     def step(self, *, timeout: float = 0.1) -> None:

@@ -7,8 +7,10 @@ thread, so paho's network loop is never blocked and there is no shared state.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import queue
 import resource
 import threading
@@ -23,7 +25,9 @@ import tenacity
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
 from fedge import __version__
+from fedge.chunking import split_frame
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
+from fedge.compression import UpdateCodec, compress_update, resolve_codec, wire_codec
 from fedge.config import AgentConfig
 from fedge.data.context import add_context, stats_rows
 from fedge.data.windows import FeatureStats, last_window, make_windows
@@ -49,10 +53,10 @@ from fedge.messages import (
 from fedge.models import FaultModel, build_model, load_tensors, state_tensors
 from fedge.spec import ModelSpec
 from fedge.topics import Topics
-from fedge.training import WindowDataset, evaluate, predict, train_local
+from fedge.training import WindowDataset, evaluate, predict, set_torch_threads, train_local
 from fedge.transport import InboundMessage, PublishHandle, Transport, Will, drain
 
-__all__ = ["AgentStats", "EdgeAgent"]
+__all__ = ["AgentStats", "EdgeAgent", "cpu_load_percent"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,15 @@ _MAX_INFLIGHT_BATCHES = 20
 
 # A background training job: its round, its thread, and the box its frame (or error) lands in.
 _TrainJob = tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]]
+
+# Without max_train_seconds, a busy device declines a round this close to its deadline.
+_BUSY_MARGIN_S = 30.0
+
+
+def cpu_load_percent() -> float:
+    """The 1-minute load average per usable core, in percent (100 = every core busy)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 100.0 * os.getloadavg()[0] / max(1, cores or 1)
 
 
 @dataclass
@@ -90,12 +103,16 @@ class EdgeAgent:
         store: ReadingStore,
         history_units: int = 0,
         clock: Callable[[], float] = time.time,
+        load_percent: Callable[[], float] = cpu_load_percent,
     ) -> None:
         self.config = config
         self.transport = transport
         self.source = source
         self.store = store
         self.clock = clock
+        self.load_percent = load_percent
+        if config.torch_threads is not None:
+            set_torch_threads(config.torch_threads)
         self.topics = Topics(config.fleet)
         self.stats = AgentStats()
         self.model: FaultModel | None = None
@@ -112,6 +129,10 @@ class EdgeAgent:
             tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]] | None
         ) = None
         self._train_data: WindowDataset | None = None
+        # Runs on the agent thread once the round's update is published: saves the new
+        # error-feedback residual (the store belongs to this thread, not the trainer's).
+        self._commit: tuple[int, Callable[[], None]] | None = None
+        self._postponed: int | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
         self._current_cycle: int | None = None
@@ -520,12 +541,14 @@ class EdgeAgent:
             if spec is not None:
                 self.columns(spec)
         except FeatureSchemaError as exc:
-            self._decline(ann, exc)
+            self._decline(ann, exc.reason.value, exc.detail)
             return
         if ann.task != "stats" and (self.model is None or self.model_version != ann.base_version):
             return  # wait for the round's base model (retained) to arrive
         if self._job is not None:
             return  # one round at a time: answer this one when the current job is done
+        if ann.task == "train" and self._too_busy(ann):
+            return  # postponed: tried again on the next step
         frame: bytes | None = None
         try:
             if ann.task == "train":
@@ -539,7 +562,7 @@ class EdgeAgent:
             else:
                 frame = self._answer(ann)
         except FeatureSchemaError as exc:
-            self._decline(ann, exc)
+            self._decline(ann, exc.reason.value, exc.detail)
             return
         except FedgeError as exc:
             self.stats.last_error = str(exc)
@@ -549,14 +572,37 @@ class EdgeAgent:
         if frame is not None:
             self._publish_answer(ann, frame)
 
-    def _decline(self, ann: RoundAnnouncement, exc: FeatureSchemaError) -> None:
+    def _too_busy(self, ann: RoundAnnouncement) -> bool:
+        """Whether to hold off training ``ann``: the CPU is above ``max_cpu_percent``.
+
+        The round is postponed while its deadline is further than ``max_train_seconds``
+        (or 30 s) away, then declined with reason ``busy``.
+        """
+        limit = self.config.max_cpu_percent
+        if limit is None:
+            return False
+        load = self.load_percent()
+        if load <= limit:
+            return False
+        margin = self.config.max_train_seconds or _BUSY_MARGIN_S
+        if ann.deadline - self.clock() > margin:
+            if self._postponed != ann.round_id:
+                self._postponed = ann.round_id
+                log.info("%s: round %d postponed, CPU load %.0f%% > %.0f%%",
+                         self.config.device, ann.round_id, load, limit)
+            return True
+        self._decline(ann, RejectReason.BUSY.value,
+                      f"CPU load {load:.0f}% above the device's limit of {limit:.0f}%")
+        return True
+
+    def _decline(self, ann: RoundAnnouncement, reason: str, detail: str) -> None:
         """Tell the aggregator why this device cannot answer ``ann`` (counted in the summary)."""
-        self.stats.last_error = exc.detail
+        self.stats.last_error = detail
         self._answered.add(ann.round_id)
         self._pending_round = None
-        log.warning("%s: declines round %d: %s", self.config.device, ann.round_id, exc.detail)
+        log.warning("%s: declines round %d: %s", self.config.device, ann.round_id, detail)
         header = self._header(ann, "decline", 0, {}).model_copy(
-            update={"reason": exc.reason.value, "detail": exc.detail[:300]}
+            update={"reason": reason, "detail": detail[:300]}
         )
         try:
             self.transport.publish(
@@ -619,7 +665,11 @@ class EdgeAgent:
         """Everything a train round needs from the store, and a closure that trains.
 
         The closure touches neither the store nor ``self.model`` (it trains a copy), so
-        it can run on a worker thread while the agent thread keeps sampling.
+        it can run on a worker thread while the agent thread keeps sampling. It encodes
+        the update with the round's codec (delta against the round's global weights,
+        plus the error-feedback residual kept in the store); the new residual is saved
+        once the update is published (``self._commit``). Training stops at the time
+        budget (``max_train_seconds``, and the round's deadline) and sends what it has.
         """
         assert self.model is not None  # noqa: S101 - checked by _try_round
         train, holdout = self.datasets(self.model.spec)
@@ -631,23 +681,43 @@ class EdgeAgent:
         # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
         seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
         halt = self._halt
+        codec = resolve_codec(ann.codec)
+        base_weights = state_tensors(self.model, trainable_only=True) if codec.delta else None
+        key = _residual_key(self.model.spec, codec)
+        residual = self.store.load_residual(key) if codec.error_feedback else None
+        budget = ann.deadline - self.clock()
+        if self.config.max_train_seconds is not None:
+            budget = min(budget, self.config.max_train_seconds)
+        new_residual: list[dict[str, np.ndarray] | None] = []
 
         def run() -> bytes:
             # The base model's error on the held-out units (``local`` still holds it).
             before = evaluate(local, holdout)
             result = train_local(
-                local, train, ann.training, seed=seed, reference=base, should_stop=halt.is_set
+                local, train, ann.training, seed=seed, reference=base, should_stop=halt.is_set,
+                time_budget_s=max(budget, 0.0),
             )
             metrics = {
                 "train_loss": result.loss,
                 "val_rmse": before.rmse,
                 "val_examples": float(before.num_examples),
+                "train_steps": float(result.steps),
             }
-            return encode_frame(
-                self._header(ann, "update", result.num_examples, metrics),
-                state_tensors(local, trainable_only=True),
+            compressed = compress_update(
+                state_tensors(local, trainable_only=True), codec=codec, base=base_weights,
+                residual=residual, seed=seed,
             )
+            new_residual.append(compressed.residual)
+            header = self._header(ann, "update", result.num_examples, metrics)
+            if not codec.is_default:
+                header = header.model_copy(update={"codec": wire_codec(codec)})
+            return encode_frame(header, compressed.tensors)
 
+        if codec.error_feedback:
+            self._commit = (
+                ann.round_id,
+                lambda: self.store.save_residual(key, new_residual[0] if new_residual else None),
+            )
         return run
 
     def _start_job(self, ann: RoundAnnouncement, job: Callable[[], bytes]) -> None:
@@ -681,12 +751,27 @@ class EdgeAgent:
         # read these counters) before publish() even returns on this thread.
         self.stats.rounds_answered += 1
         self.stats.answered_rounds.append(ann.round_id)
+        device = self.config.device
         try:
-            self.transport.publish(self.topics.update(ann.round_id, self.config.device), frame)
+            limit = ann.max_message_bytes
+            if limit is not None and len(frame) > limit:
+                # Too large for one broker message: numbered chunks the aggregator reassembles.
+                topic = self.topics.update_chunks(ann.round_id, device)
+                for chunk in split_frame(frame, max_message_bytes=limit):
+                    self.transport.publish(topic, chunk)
+            else:
+                self.transport.publish(self.topics.update(ann.round_id, device), frame)
         except TransportError as exc:
             self.stats.last_error = str(exc)
             self.stats.rounds_answered -= 1
             self.stats.answered_rounds.pop()
+            return
+        commit, self._commit = self._commit, None
+        if commit is not None and commit[0] == ann.round_id:
+            try:
+                commit[1]()
+            except StorageError as exc:
+                self.stats.last_error = str(exc)
 
     def predict_and_publish(self) -> Prediction | None:
         """Predict on the latest window of the running unit and publish it."""
@@ -730,3 +815,9 @@ class EdgeAgent:
             return None
         self.stats.predictions += 1
         return prediction
+
+
+def _residual_key(spec: ModelSpec, codec: UpdateCodec) -> str:
+    """What a saved residual is only valid for: this model spec and this codec."""
+    text = spec.model_dump_json() + codec.model_dump_json()
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

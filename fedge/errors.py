@@ -88,6 +88,8 @@ class RejectReason(StrEnum):
     NON_NUMERIC_FEATURE = "non_numeric_feature"
     CODEC_MISMATCH = "codec_mismatch"
     """The frame's codec is not the one the round announced."""
+    BUSY = "busy"
+    """A device declined a round: its CPU stayed above its limit until the deadline."""
     # Chunked frames (fedge.chunking): why a chunk or a whole transfer was dropped.
     CHUNK_MALFORMED = "chunk_malformed"
     CHUNK_INCONSISTENT = "chunk_inconsistent"

@@ -7,6 +7,7 @@ benchmarks, so federated and central numbers are computed the same way.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ __all__ = [
     "WindowDataset",
     "evaluate",
     "predict",
+    "set_torch_threads",
     "train_local",
 ]
 
@@ -61,9 +63,16 @@ class WindowDataset:
 
 @dataclass(frozen=True, slots=True)
 class TrainResult:
+    """What one call of :func:`train_local` did.
+
+    ``out_of_time`` is True when the time budget ended training before its last
+    mini-batch: the model holds the steps done so far (``steps``).
+    """
+
     loss: float
     num_examples: int
     steps: int
+    out_of_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,14 @@ class Evaluation:
     rmse: float
     mae: float
     num_examples: int
+
+
+def set_torch_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads for torch in this process (a device leaves the
+    other cores to sampling and MQTT)."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def _targets(model: FaultModel, rul: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +106,8 @@ def train_local(
     seed: int = 0,
     reference: Mapping[str, torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    time_budget_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs of shuffled mini-batches.
 
@@ -111,6 +130,11 @@ def train_local(
     ``should_stop`` is asked before every mini-batch; when it answers True training
     ends at once with :class:`TrainingStopped` (an agent asked to shut down must not
     wait for the rest of a round; the model is left half-trained, so discard it).
+
+    ``time_budget_s`` bounds the call's duration on ``clock``: once it is spent,
+    training ends after the current mini-batch (at least one is always done) and
+    the result says ``out_of_time``; the model is then a valid, if shorter, round of
+    local training, which a small device sends rather than miss the round.
     """
     n = len(data)
     if n == 0:
@@ -129,6 +153,7 @@ def train_local(
     params = dict(model.named_parameters())
     model.train()
     total, steps = 0.0, 0
+    give_up = math.inf if time_budget_s is None else clock() + time_budget_s
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.batch_size):
@@ -148,8 +173,17 @@ def train_local(
             optimiser.step()
             total += float(loss.detach())
             steps += 1
+            if time_budget_s is not None and clock() >= give_up and steps < _total_steps(
+                n, config
+            ):
+                model.eval()
+                return TrainResult(total / steps, n, steps, out_of_time=True)
     model.eval()
     return TrainResult(loss=total / steps, num_examples=n, steps=steps)
+
+
+def _total_steps(n: int, config: TrainingConfig) -> int:
+    return config.epochs * -(-n // config.batch_size)
 
 
 @torch.no_grad()

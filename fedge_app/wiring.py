@@ -65,6 +65,7 @@ def build_agent(
         store_path or config.store_path,
         n_features=len(source.sensor_names),
         max_readings=config.store_max_readings,
+        max_bytes=config.store_max_bytes,
     )
     return EdgeAgent(
         config, transport=transport, source=source, store=store, history_units=history_units
