@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedge.errors import FedgeError
+from fedge.lean_torch import adam_step, avoid_dynamo_import
 from fedge.messages import TrainingConfig
 from fedge.models import FaultModel
 
@@ -145,6 +146,8 @@ def train_local(
         n = len(data)
     x = torch.from_numpy(data.x)
     rul, failing = _targets(model, torch.from_numpy(data.rul))
+    # Eager Adam without torch's compiler stack (71 MiB, ~1 s): see fedge.lean_torch.
+    avoid_dynamo_import()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
@@ -170,7 +173,7 @@ def train_local(
                 loss = loss + 0.5 * mu * prox
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            optimiser.step()
+            adam_step(optimiser)
             total += float(loss.detach())
             steps += 1
             if time_budget_s is not None and clock() >= give_up and steps < _total_steps(

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator.checkpoint import CheckpointStore
-from aggregator.ingest import IngestService
 from aggregator.service import AggregatorService
-from aggregator.sinks import Sink
-from aggregator.telemetry import open_sink
 from broker.mqtt_transport import PahoTransport
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SensorSource
@@ -24,6 +22,10 @@ from edge_agent.store import ReadingStore
 from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint, IngestConfig
 from fedge.messages import RoundSummary
 from fedge.transport import Transport
+
+if TYPE_CHECKING:  # the sinks import influxdb-client, a server extra a device lacks
+    from aggregator.ingest import IngestService
+    from aggregator.sinks import Sink
 
 __all__ = [
     "agent_client_id",
@@ -95,6 +97,11 @@ def build_ingest(
 
     The caller owns the sink: stop the service, then close the sink.
     """
+    # Imported here: ``fedge agent`` builds its agent through this module on a device
+    # whose base install has no influxdb-client (the ``server`` extra).
+    from aggregator.ingest import IngestService
+    from aggregator.telemetry import open_sink
+
     sink = sink if sink is not None else open_sink(config)
     service = IngestService(
         transport,
