@@ -65,6 +65,10 @@ _MAX_INFLIGHT_BATCHES = 20
 # A background training job: its round, its thread, and the box its frame (or error) lands in.
 _TrainJob = tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]]
 
+# Put on the inbox by a finished training job: wakes the agent thread at once to publish
+# the update (it would otherwise notice at its next 50 ms poll). _handle ignores it.
+_WAKE = InboundMessage(topic="", payload=b"")
+
 # Without max_train_seconds, a busy device declines a round this close to its deadline.
 _BUSY_MARGIN_S = 30.0
 
@@ -672,6 +676,7 @@ class EdgeAgent:
         budget (``max_train_seconds``, and the round's deadline) and sends what it has.
         """
         assert self.model is not None  # noqa: S101 - checked by _try_round
+        started = time.monotonic()
         train, holdout = self.datasets(self.model.spec)
         if len(train) == 0:
             return None
@@ -708,6 +713,9 @@ class EdgeAgent:
                 residual=residual, seed=seed,
             )
             new_residual.append(compressed.residual)
+            # All local work of the round (data, training, encoding): what the round
+            # waited for on this device, apart from the network.
+            metrics["local_seconds"] = time.monotonic() - started
             header = self._header(ann, "update", result.num_examples, metrics)
             if not codec.is_default:
                 header = header.model_copy(update={"codec": wire_codec(codec)})
@@ -728,6 +736,8 @@ class EdgeAgent:
                 box.append(job())
             except Exception as exc:  # handed back to the agent thread, never lost
                 box.append(exc)
+            finally:
+                self._inbox.put(_WAKE)
 
         thread = threading.Thread(target=work, name=f"{self.config.device}-train", daemon=True)
         self._job = (ann, thread, box)

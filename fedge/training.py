@@ -140,12 +140,17 @@ def train_local(
     n = len(data)
     if n == 0:
         return TrainResult(loss=math.nan, num_examples=0, steps=0)
+    # The windows stay where they are (no copy of a subset: on a device that is the
+    # size of the dataset again); a subset is a row index into them.
+    rows: torch.Tensor | None = None
+    labels = data.rul
     if config.max_examples is not None and n > config.max_examples:
         keep = np.random.default_rng(seed).choice(n, config.max_examples, replace=False)
-        data = WindowDataset(data.x[keep], data.rul[keep])
-        n = len(data)
+        rows = torch.from_numpy(keep)
+        labels = data.rul[keep]
+        n = len(keep)
     x = torch.from_numpy(data.x)
-    rul, failing = _targets(model, torch.from_numpy(data.rul))
+    rul, failing = _targets(model, torch.from_numpy(labels))
     # Eager Adam without torch's compiler stack (71 MiB, ~1 s): see fedge.lean_torch.
     avoid_dynamo_import()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -164,7 +169,7 @@ def train_local(
                 model.eval()
                 raise TrainingStopped(f"training stopped after {steps} step(s)")
             idx = order[start : start + config.batch_size]
-            pred_rul, fail_logit = model(x[idx])
+            pred_rul, fail_logit = model(x[idx if rows is None else rows[idx]])
             loss = mse(pred_rul / cap, rul[idx] / cap) + _FAILURE_LOSS_WEIGHT * bce(
                 fail_logit, failing[idx]
             )

@@ -84,7 +84,11 @@ class UpdateValidator:
         *,
         already_received: frozenset[str] | set[str] = frozenset(),
     ) -> ValidatedReply:
-        """Check ``frame`` like :meth:`check`; also return a training reply's parsed update."""
+        """Check ``frame`` like :meth:`check`; also return a training reply's parsed update.
+
+        ``frame`` comes from :func:`fedge.codec.decode_frame`, which has refused
+        non-finite float tensors: that check is not repeated here.
+        """
         header = frame.header
         if topic.kind is not TopicKind.UPDATE or topic.device is None or topic.round_id is None:
             raise UpdateRejectedError(RejectReason.TOPIC_MISMATCH, f"not an update topic: {topic}")
@@ -139,6 +143,7 @@ class UpdateValidator:
                 codec,
                 template=expect.template,
                 base=expect.template if codec.delta else None,
+                finite=True,  # decode_frame refused NaN and infinity already
             )
         except CompressionError as exc:
             raise UpdateRejectedError(RejectReason.MALFORMED, str(exc)) from exc

@@ -228,3 +228,19 @@ def test_torch_threads_must_be_positive(threads: int) -> None:
 
     with pytest.raises(ValueError, match="threads"):
         set_torch_threads(threads)
+
+
+def test_max_examples_trains_on_the_same_subset_without_copying_it() -> None:
+    data = _dataset(40)
+    config = TrainingConfig(epochs=2, batch_size=8, max_examples=24)
+    keep = np.random.default_rng(5).choice(40, 24, replace=False)  # the documented subset
+    subset = WindowDataset(data.x[keep], data.rul[keep])
+    a, b = build_model(SPEC, seed=2), build_model(SPEC, seed=2)
+    torch.manual_seed(0)
+    ra = train_local(a, data, config, seed=5)
+    torch.manual_seed(0)
+    rb = train_local(b, subset, config.model_copy(update={"max_examples": None}), seed=5)
+    assert (ra.num_examples, ra.steps) == (rb.num_examples, rb.steps) == (24, 6)
+    assert ra.loss == rb.loss
+    for name, value in state_tensors(a).items():
+        np.testing.assert_array_equal(value, state_tensors(b)[name])

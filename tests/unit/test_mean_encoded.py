@@ -147,3 +147,20 @@ def test_streaming_mean_equals_flowers_fedavg() -> None:
     theirs = flwr_aggregate.aggregate([([t[k] for k in names], n) for t, n in clients])
     for name, value in zip(names, theirs, strict=True):
         np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_parse_update_finite_skips_only_the_nan_pass_of_plain_bodies() -> None:
+    from fedge.errors import CompressionError
+
+    template = {"w": np.zeros(2, np.float32)}
+    nan = {"w": np.array([np.nan, 1.0], np.float32)}
+    with pytest.raises(CompressionError, match="NaN"):
+        parse_update(nan, UpdateCodec(), template=template)
+    # decode_frame refused NaN already: the validator says so and the pass is skipped.
+    parse_update(nan, UpdateCodec(), template=template, finite=True)
+    # Ranges of compressed values are checked either way.
+    codec = UpdateCodec(dtype="float32", delta=True)
+    huge = {"values": np.array([1e31, 0.0], np.float32)}
+    for finite in (False, True):
+        with pytest.raises(CompressionError, match="outside"):
+            parse_update(huge, codec, template=template, base=template, finite=finite)

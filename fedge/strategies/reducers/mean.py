@@ -57,7 +57,8 @@ class StreamingMean(Reducer):
             for s in range(0, flat.size, BLOCK):
                 e = min(s + BLOCK, flat.size)
                 product = scratch[: e - s]
-                np.multiply(values[s:e], weight, out=product, dtype=np.float64)
+                product[...] = values[s:e]  # exact: float32 -> float64
+                product *= weight
                 flat[s:e] += product
 
     def add_encoded(self, update: EncodedUpdate, weight: float) -> None:
