@@ -55,8 +55,9 @@ def test_parts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ("field", "value", "message"),
     [
         ("reducer", "median", r"reducer: .*unknown reducer 'median'; choose one of \['mean'\]"),
-        ("participation", "fedbuff",
-         r"participation: .*unknown participation policy 'fedbuff'; choose one of \['sync'\]"),
+        ("participation", "gossip",
+         r"participation: .*unknown participation policy 'gossip'; "
+         r"choose one of \['fedbuff', 'sync'\]"),
         ("strategy", "fedmagic", r"strategy: .*unknown strategy 'fedmagic'; choose one of"),
     ],
 )
