@@ -109,12 +109,18 @@ def run_case(n: int, *, rounds: int, processes: int, console: Console) -> dict[s
             Mosquitto(Path(tmp) / "mosquitto") as broker:
         endpoint = BrokerEndpoint(host="127.0.0.1", port=broker.port, keepalive=60)
         local: dict[tuple[int, str], float] = {}
+        # (round, device) -> (picked up at, sent at, arrived at), all Unix seconds.
+        trace: dict[tuple[int, str], tuple[float, float, float]] = {}
 
         def on_update(msg: InboundMessage) -> None:
+            arrived = time.time()
             frame = decode_frame(msg.payload)
             seconds = frame.header.metrics.get("local_seconds")
             if seconds is not None and frame.header.device is not None:
-                local[(frame.header.round_id, frame.header.device)] = seconds
+                key = (frame.header.round_id, frame.header.device)
+                local[key] = seconds
+                sent = frame.header.created_at
+                trace[key] = (sent - seconds, sent, arrived)
 
         probe = PahoTransport(endpoint, client_id=f"{FLEET}-probe")
         probe.connect(on_message=on_update)
@@ -163,9 +169,19 @@ def run_case(n: int, *, rounds: int, processes: int, console: Console) -> dict[s
         if summary.outcome != "completed" or summary.participants != n:
             raise RuntimeError(f"round {summary.round_id}: {summary}")
         slowest = max(v for (r, _), v in local.items() if r == summary.round_id)
-        per_round.append({"round_id": summary.round_id, "duration_s": summary.duration_s,
-                          "slowest_local_s": slowest,
-                          "overhead_s": summary.duration_s - slowest})
+        issued = summary.ts - summary.duration_s
+        steps = [t for (r, _), t in trace.items() if r == summary.round_id]
+        per_round.append({
+            "round_id": summary.round_id, "duration_s": summary.duration_s,
+            "slowest_local_s": slowest, "overhead_s": summary.duration_s - slowest,
+            # Where the overhead goes: announcement to the device starting its work, the
+            # update's trip to the aggregator, and the close after the last arrival.
+            "pickup_s_median": statistics.median(p - issued for p, _, _ in steps),
+            "pickup_s_max": max(p - issued for p, _, _ in steps),
+            "delivery_s_median": statistics.median(a - s for _, s, a in steps),
+            "delivery_s_max": max(a - s for _, s, a in steps),
+            "close_after_last_arrival_s": summary.ts - max(a for _, _, a in steps),
+        })
     return {
         "agents": n,
         "overhead_s": round(statistics.median(r["overhead_s"] for r in per_round), 4),
@@ -195,13 +211,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cases = [run_case(n, rounds=args.rounds, processes=args.processes, console=console)
              for n in args.agents]
     table = Table(title="Round overhead over Mosquitto (round wall time - slowest local work)")
-    for col in ("agents", "processes", "overhead ms (median)", "round s", "slowest local s"):
+    for col in ("agents", "processes", "overhead ms (median)", "round s", "slowest local s",
+                "pickup ms (med/max)", "delivery ms (med/max)"):
         table.add_column(col, justify="right")
     for c in cases:
+        rounds = c["rounds"]
         table.add_row(
             str(c["agents"]), str(c["processes"]), f"{c['overhead_s'] * 1e3:.0f}",
-            " / ".join(f"{r['duration_s']:.2f}" for r in c["rounds"]),
-            " / ".join(f"{r['slowest_local_s']:.2f}" for r in c["rounds"]),
+            " / ".join(f"{r['duration_s']:.2f}" for r in rounds),
+            " / ".join(f"{r['slowest_local_s']:.2f}" for r in rounds),
+            f"{statistics.median(r['pickup_s_median'] for r in rounds) * 1e3:.0f} / "
+            f"{statistics.median(r['pickup_s_max'] for r in rounds) * 1e3:.0f}",
+            f"{statistics.median(r['delivery_s_median'] for r in rounds) * 1e3:.0f} / "
+            f"{statistics.median(r['delivery_s_max'] for r in rounds) * 1e3:.0f}",
         )
     console.print(table)
     payload = {
