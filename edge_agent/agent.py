@@ -373,6 +373,12 @@ class EdgeAgent:
         self.model_version = header.version
         self.stats.models_received += 1
         self.predict_and_publish()
+        try:
+            # Build the training windows now, while idle: a training round on this model
+            # follows, and its clock runs from the announcement (cached until units fail).
+            self.datasets(spec)
+        except FedgeError as exc:  # e.g. a feature without numbers: declined at the round
+            self.stats.last_error = str(exc)
 
     def columns(self, spec: ModelSpec) -> np.ndarray:
         """Column of each of ``spec``'s features among this device's channels.
