@@ -38,6 +38,14 @@ Crash safety: every round is journaled (:mod:`aggregator.effects`: open before i
 announcement, each accepted reply before anything depends on it, close before its
 results), and :func:`aggregator.recovery.restore_coordinator` rebuilds a coordinator
 from the checkpoint and the journals, reopening the round that was being collected.
+
+Training rounds announce the codec devices encode their updates with
+(``AggregatorConfig.codec``); a reply is validated in its encoded form and folded
+into the reducer from there (:meth:`~fedge.strategies.Reducer.add_encoded`), never
+copied whole. A reply larger than ``max_message_bytes`` arrives as chunks on
+``.../updates/<device>/chunks``, reassembled by a bounded
+:class:`~fedge.chunking.ChunkAssembler`; dropped chunks are counted by reason in
+the round summary.
 """
 
 from __future__ import annotations
@@ -63,7 +71,9 @@ from aggregator.effects import (
 )
 from aggregator.safeguards import RoundSafeguards
 from aggregator.state import Checkpoint
+from fedge.chunking import ChunkAssembler, ChunkLimits
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
+from fedge.compression import UpdateCodec, resolve_codec, wire_codec
 from fedge.config import AggregatorConfig
 from fedge.errors import (
     MessageError,
@@ -182,6 +192,9 @@ class RoundCoordinator:
         if initial.strategy_state:
             strategy.server_step.load_state(initial.strategy_state)
         self.validator = UpdateValidator(fleet=config.fleet, allowed_devices=config.allowed_devices)
+        self.chunks = ChunkAssembler(
+            ChunkLimits(max_frame_bytes=config.max_update_bytes, timeout_s=config.round_timeout_s)
+        )
         # Update bounds, round spools, privacy budget (aggregator.safeguards).
         self.safeguards = RoundSafeguards(
             config,
@@ -254,13 +267,16 @@ class RoundCoordinator:
                 self.open.expected.discard(device)
         return self.tick(now)
 
-    def on_reply(self, topic: str, payload: bytes, now: float) -> list[Effect]:
+    def on_reply(
+        self, topic: str, payload: bytes, now: float, *, count_bytes: bool = True
+    ) -> list[Effect]:
         """An update / evaluation / stats frame arrived on ``rounds/<r>/updates/<device>``.
 
-        An accepted reply's first effect is its :class:`JournalUpdate`.
+        An accepted reply's first effect is its :class:`JournalUpdate`. ``count_bytes=False``
+        for a frame reassembled from chunks (its bytes were counted as they came).
         """
         current = self.open
-        if current is not None:
+        if current is not None and count_bytes:
             current.bytes_received += len(payload)
         try:
             parsed = parse_topic(topic)
@@ -320,8 +336,35 @@ class RoundCoordinator:
             return self._maybe_announce(now)
         return []
 
+    def on_chunk(self, parsed: ParsedTopic, payload: bytes, now: float) -> list[Effect]:
+        """One chunk of an update frame on ``rounds/<r>/updates/<device>/chunks``."""
+        assert parsed.device is not None and parsed.round_id is not None  # noqa: S101 - by kind
+        if self.open is not None:
+            self.open.bytes_received += len(payload)
+        before = self.chunks.drops.copy()
+        frame = self.chunks.add(parsed.device, payload, now)
+        self._count_chunk_drops(before)
+        if frame is None:
+            return self.tick(now)
+        topic = self.topics.update(parsed.round_id, parsed.device)
+        return self.on_reply(topic, frame, now, count_bytes=False)
+
+    def _count_chunk_drops(self, before: Counter[RejectReason]) -> None:
+        """Count the assembler's drops since ``before``, per reason, like rejections."""
+        for drop in self.chunks.take_drops():
+            log.warning("chunk dropped (%s) from %s: %s", drop.reason.value, drop.sender,
+                        drop.detail)
+        for reason, n in (self.chunks.drops - before).items():
+            self.rejected_total[reason.value] += n
+            if self.open is not None:
+                self.open.rejected[reason.value] += n
+
     def tick(self, now: float) -> list[Effect]:
         """Advance time: open the next round or close the current one when due."""
+        if self.chunks.transfers:
+            before = self.chunks.drops.copy()
+            self.chunks.expire(now)
+            self._count_chunk_drops(before)
         if self.phase is Phase.WAITING:
             return self._maybe_announce(now)
         current = self.open
@@ -388,6 +431,7 @@ class RoundCoordinator:
         options = self.strategy.server_step.client_options()
         if options:
             training = training.model_copy(update=options)
+        codec = self.config.codec if task == "train" else UpdateCodec()
         announcement = RoundAnnouncement(
             fleet=self.config.fleet,
             round_id=self.last_round_id,
@@ -398,6 +442,8 @@ class RoundCoordinator:
             min_clients=plan.quorum or self.config.min_clients,
             training=training,
             max_update_bytes=self.config.max_update_bytes,
+            codec=wire_codec(codec),
+            max_message_bytes=self.config.max_message_bytes,
             model=self.spec,
             selected=None if plan.selected is None else sorted(plan.selected),
         )
@@ -423,9 +469,11 @@ class RoundCoordinator:
             template = {k: self.tensors[k] for k in self.trainable}
         elif task == "stats":
             template = stats_template(self.spec.stats_features)
+        # The codec the announcement named (a resumed round keeps its own).
+        codec = resolve_codec(announcement.codec)
         self.open = _OpenRound(
             announcement=announcement,
-            expect=RoundExpectation(announcement.round_id, self.version, task, template),
+            expect=RoundExpectation(announcement.round_id, self.version, task, template, codec),
             expected=set(expected),
             accumulator=self.safeguards.wrap(
                 self.strategy.reducer_for(task, template), task, template
@@ -456,7 +504,8 @@ class RoundCoordinator:
             self.duplicates_total += 1
             log.info("duplicate of an accepted reply ignored: %s/%s", *key)
             return False
-        frame = decode_frame(payload, max_bytes=current.announcement.max_update_bytes)
+        # Views into the payload: the reducer reads the encoded body where it lies.
+        frame = decode_frame(payload, max_bytes=current.announcement.max_update_bytes, copy=False)
         self._admit(current, parsed, frame, now)
         current.digests[key] = digest
         return True
@@ -467,21 +516,26 @@ class RoundCoordinator:
             self._declined(current, parsed, frame)
             return
         answered = self._round_answered(parsed, current)
-        device = self.validator.check(
+        reply = self.validator.validate(
             parsed, frame, answered.expect, already_received=answered.received
         )
+        device = reply.device
         participation = self.strategy.participation
         staleness = self.version - answered.expect.base_version
         factor = participation.admit(current, device, staleness=staleness, now=now)
-        tensors = frame.tensors
-        if staleness > 0:
-            tensors = participation.rebase(
-                tensors, base=answered.expect.template, current=self.tensors
-            )
         header = frame.header
-        if current.accumulator is not None:
-            # First, so that an update the reducer refuses leaves no trace in the round.
-            current.accumulator.add(tensors, float(header.num_examples) * factor)
+        weight = float(header.num_examples) * factor
+        accumulator = current.accumulator
+        # First, so that an update the reducer refuses leaves no trace in the round.
+        if accumulator is not None and reply.update is None:  # stats
+            accumulator.add(frame.tensors, weight)
+        elif accumulator is not None and reply.update is not None and staleness > 0:
+            tensors = participation.rebase(
+                reply.update.decompress(), base=answered.expect.template, current=self.tensors
+            )
+            accumulator.add(tensors, weight)
+        elif accumulator is not None and reply.update is not None:
+            accumulator.add_encoded(reply.update, weight)
         answered.received.add(device)
         current.counted += 1
         current.num_examples += header.num_examples
@@ -689,4 +743,6 @@ class RoundCoordinator:
             return self.on_reply(topic, payload, now)
         if parsed.kind is TopicKind.ROUND_CURRENT:
             return self.on_announcement(payload, now)
+        if parsed.kind is TopicKind.UPDATE_CHUNK:
+            return self.on_chunk(parsed, payload, now)
         return []

@@ -235,6 +235,7 @@ class AggregatorService:
         self.transport.subscribe(self.topics.round_current)
         self.transport.subscribe(self.topics.all_status)
         self.transport.subscribe(self.topics.all_updates)
+        self.transport.subscribe(self.topics.all_update_chunks)
         self._execute(self.coordinator.start(self.clock()))
 
     def step(self, *, timeout: float = 0.1) -> None:

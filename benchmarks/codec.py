@@ -23,6 +23,15 @@ Baselines: ``torch.save`` of the same tensors (io.BytesIO), and ``np.save`` per
 array, which is what Flower's ``ndarrays_to_parameters`` does; Flower itself is
 measured only if ``flwr`` is importable (it is not installed here).
 
+``fd001_rmse`` (rows of the fd001 model): the test RMSE of a real federated run on
+C-MAPSS FD001, non-IID (10 clients, engines cut by lifetime, as in
+``benchmarks/cmapss.py``), 80 rounds x 2 local epochs, with every update encoded by
+that scheme end to end (agents compress, the aggregator validates and accumulates
+the encoded bodies), the mean over ``--fd001-seeds``; ``float32_fd001_rmse`` is the
+plain run. Needs ``--data`` (default ``$FEDGE_CMAPSS_DIR``, else
+``../shared/datasets/cmapss``; skipped with a note when absent). The same seeds give
+every scheme the same split and initial model.
+
 Then the aggregation of ``--aggregate`` updates of the 1M model, the old path
 (``StreamingMean.add`` of decoded float32 weights) against ``accumulate_update``,
 with the peak of traced allocations per update, and the decode of a plain frame
@@ -40,6 +49,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping
@@ -66,6 +76,11 @@ from fedge.compression import (  # noqa: E402
 from fedge.config import ModelSpec  # noqa: E402
 from fedge.models import build_model, state_tensors  # noqa: E402
 from fedge.strategies import StreamingMean  # noqa: E402
+
+FD001_SCHEMES = (
+    "float32", "float16", "delta+int8+ef", "delta+int4+ef", "delta+int4+top25%+ef+zstd",
+    "delta+int8+top10%+ef", "delta+int4+top10%+ef+zstd", "delta+int4+top1%+ef+zstd",
+)
 
 RESULTS = REPO / "benchmarks" / "results" / "codec.json"
 Tensors = dict[str, np.ndarray]
@@ -283,13 +298,73 @@ def _decode_copies(u: Update, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+def _fd001_rmse(args: argparse.Namespace, console: Console) -> dict[str, float]:
+    """Test RMSE of a federated non-IID FD001 run per scheme (mean over the seeds)."""
+    from benchmarks.cmapss import HISTORY, _score
+    from fedge.config import AggregatorConfig
+    from fedge.data.cmapss import feature_names, informative_sensors, load_subset, unit_runs
+    from fedge.data.context import unit_last_window
+    from fedge.data.splits import split_noniid
+    from fedge.messages import TrainingConfig
+    from fedge.models import load_tensors
+    from fedge_app.simulation import replay_devices, simulate_fleet
+
+    torch.set_num_threads(1)
+    subset = load_subset(args.data, "FD001")
+    sensors = informative_sensors(subset.train)
+    names = tuple(n.replace(" ", "_") for n in feature_names(sensors, with_settings=False))
+    train_runs = unit_runs(subset.train, sensor_indices=sensors, with_settings=False)
+    test_runs = unit_runs(subset.test, sensor_indices=sensors, with_settings=False)
+    spec = ModelSpec(n_features=len(names), **HISTORY)
+    test_x = np.stack([unit_last_window(r.sensors, spec=spec) for r in test_runs])
+    test_y = subset.test_rul.astype(np.float32)
+    out: dict[str, float] = {}
+    for name in args.fd001_schemes:
+        errors = []
+        for seed in args.fd001_seeds:
+            parts = split_noniid(train_runs, 10, np.random.default_rng(seed))
+            config = AggregatorConfig(
+                fleet="cmapss", rounds=args.fd001_rounds, min_clients=10, round_timeout_s=3600,
+                training=TrainingConfig(epochs=2, batch_size=128, learning_rate=1e-3),
+                model=spec, final_evaluation=False, seed=seed, codec=SCHEMES[name],
+            )
+            started = time.monotonic()
+            with tempfile.TemporaryDirectory(prefix="fedge-codec-") as tmp:
+                result = simulate_fleet(config, replay_devices(parts, names), workdir=Path(tmp),
+                                        holdout_fraction=0.0)
+            rounds = [r for r in result.rounds if r.task == "train"]
+            if not all(r.outcome == "completed" and r.rejected == 0 for r in rounds):
+                raise RuntimeError(f"{name}: a round failed or rejected updates: {rounds}")
+            model = build_model(spec)
+            load_tensors(model, result.tensors)
+            errors.append(_score(model, test_x, test_y).rmse)
+            console.print(f"  FD001 non-IID {name:28s} seed {seed}: RMSE {errors[-1]:6.2f}  "
+                          f"({time.monotonic() - started:.0f} s)")
+        out[name] = statistics.fmean(errors)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--aggregate", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--data", type=Path, default=Path(
+        os.environ.get("FEDGE_CMAPSS_DIR", REPO.parent / "shared" / "datasets" / "cmapss")))
+    parser.add_argument("--fd001-rounds", type=int, default=80)
+    parser.add_argument("--fd001-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--fd001-schemes", nargs="+", choices=list(SCHEMES),
+                        default=list(FD001_SCHEMES))
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats; FD001 over 20 rounds for four schemes")
     parser.add_argument("--json", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.aggregate, args.fd001_rounds = 2, 20, 20
+        args.fd001_schemes = ["float32", "delta+int8+ef", "delta+int4+top25%+ef+zstd",
+                              "delta+int4+top10%+ef+zstd"]
+    if "float32" not in args.fd001_schemes:
+        args.fd001_schemes.insert(0, "float32")
     console = Console(width=160)
     load_before = os.getloadavg()
     rng = np.random.default_rng(0)
@@ -302,17 +377,30 @@ def main() -> None:
         for name, codec in SCHEMES.items():
             schemes.append(_measure(u, name, codec, args, float32_bytes))
         baselines += _baselines(u)
+    notes: list[str] = []
+    fd001: dict[str, float] = {}
+    if (args.data / "train_FD001.txt").exists():
+        fd001 = _fd001_rmse(args, console)
+    else:
+        notes.append(f"no C-MAPSS data in {args.data}: fd001_rmse not measured")
+    for row in schemes:
+        row["fd001_rmse"] = fd001.get(row["scheme"]) if row["model"] == "fd001" else None
 
     table = Table(title="Update frames (prefix + header + body) per scheme")
+    base_rmse = fd001.get("float32")
     for col in ("model", "scheme", "bytes", "x vs f32", "enc ms", "dec ms", "acc ms",
-                "rel err", "rel err Δ", f"rel err {args.rounds} rounds"):
+                "rel err", "rel err Δ", f"rel err {args.rounds} rounds", "FD001 RMSE",
+                "vs f32"):
         table.add_column(col, justify="left" if col in ("model", "scheme") else "right")
     for r in schemes:
         rounds = "-" if r["rel_error_rounds"] is None else f"{r['rel_error_rounds']:.2%}"
+        rmse = r["fd001_rmse"]
         table.add_row(r["model"], r["scheme"], f"{r['bytes']:,}", f"{r['ratio_vs_float32']:.1f}",
                       f"{r['encode_ms']:.2f}", f"{r['decode_ms']:.2f}",
                       f"{r['accumulate_ms']:.2f}", f"{r['rel_error']:.3%}",
-                      f"{r['rel_error_delta']:.1%}", rounds)
+                      f"{r['rel_error_delta']:.1%}", rounds,
+                      "-" if rmse is None else f"{rmse:.2f}",
+                      "-" if rmse is None or not base_rmse else f"{rmse / base_rmse - 1:+.1%}")
     console.print(table)
     base_table = Table(title="Baselines (same float32 tensors)")
     for col in ("model", "serialisation", "bytes"):
@@ -320,7 +408,6 @@ def main() -> None:
     for r in baselines:
         base_table.add_row(r["model"], r["baseline"], f"{r['bytes']:,}")
     console.print(base_table)
-    notes = []
     if not any(r["baseline"].startswith("flwr") for r in baselines):
         notes.append("flwr is not installed: the Flower column is the np.save-per-array size "
                      "that flwr.common.ndarray_to_bytes produces, measured without Flower.")
@@ -347,6 +434,7 @@ def main() -> None:
 
     payload = {
         "schemes": schemes,
+        "float32_fd001_rmse": base_rmse,
         "baselines": baselines,
         "aggregation": aggregation,
         "decode": decode,
@@ -362,8 +450,9 @@ def main() -> None:
         },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     console.print(f"wrote {args.json}")
+    return payload
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ with a signing key, everything the agent publishes is signed at publish time
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import queue
 import resource
 import threading
@@ -34,7 +36,9 @@ from edge_agent.model_gate import ModelGate
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
 from fedge import __version__
+from fedge.chunking import split_frame
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
+from fedge.compression import UpdateCodec, compress_update, resolve_codec, wire_codec
 from fedge.config import AgentConfig
 from fedge.data.context import add_context, stats_rows
 from fedge.data.windows import FeatureStats, last_window, make_windows
@@ -66,10 +70,17 @@ from fedge.signing import Authenticator, Signer
 from fedge.spec import ModelSpec
 from fedge.tally import RejectionTally
 from fedge.topics import Topics
-from fedge.training import TrainingStopped, WindowDataset, evaluate, predict, train_local
+from fedge.training import (
+    TrainingStopped,
+    WindowDataset,
+    evaluate,
+    predict,
+    set_torch_threads,
+    train_local,
+)
 from fedge.transport import InboundMessage, PublishHandle, Transport, Will, drain
 
-__all__ = ["AgentStats", "EdgeAgent"]
+__all__ = ["AgentStats", "EdgeAgent", "cpu_load_percent"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +92,18 @@ _TrainJob = tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseExceptio
 # Not a rejection: the retained model again after a reconnect, or a round already done.
 _BENIGN = frozenset({RefusalReason.VERSION_REPEAT.value})
 _INTERNAL = "internal_error"
+# Put on the inbox by a finished training job: wakes the agent thread at once to publish
+# the update (it would otherwise notice at its next 50 ms poll). _handle ignores it.
+_WAKE = InboundMessage(topic="", payload=b"")
+
+# Without max_train_seconds, a busy device declines a round this close to its deadline.
+_BUSY_MARGIN_S = 30.0
+
+
+def cpu_load_percent() -> float:
+    """The 1-minute load average per usable core, in percent (100 = every core busy)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 100.0 * os.getloadavg()[0] / max(1, cores or 1)
 
 
 @dataclass
@@ -121,6 +144,7 @@ class EdgeAgent:
         clock: Callable[[], float] = time.time,
         authenticator: Authenticator | None = None,
         signer: Signer | None = None,
+        load_percent: Callable[[], float] = cpu_load_percent,
     ) -> None:
         self.config = config
         self.transport = transport
@@ -135,6 +159,9 @@ class EdgeAgent:
             margin=config.model_acceptance_margin,
             authenticated=self.authenticator.mode == "verify",
         )
+        self.load_percent = load_percent
+        if config.torch_threads is not None:
+            set_torch_threads(config.torch_threads)
         self.topics = Topics(config.fleet)
         self.stats = AgentStats()
         self.model: FaultModel | None = None
@@ -154,6 +181,10 @@ class EdgeAgent:
             tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]] | None
         ) = None
         self._train_data: WindowDataset | None = None
+        # Runs on the agent thread once the round's update is published: saves the new
+        # error-feedback residual (the store belongs to this thread, not the trainer's).
+        self._commit: tuple[int, Callable[[], None]] | None = None
+        self._postponed: int | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
         self._current_cycle: int | None = None
@@ -250,7 +281,10 @@ class EdgeAgent:
 
     def _backfill(self) -> None:
         if self._history_units and not self.maintenance.has_lives():
-            self.maintenance.backfill(self.source.history(self._history_units), self.clock())
+            # In the order of the recorded units: lives are numbered (and so trained on
+            # and held out) in that order, as units were before lives existed.
+            runs = sorted(self.source.history(self._history_units), key=lambda run: run.unit)
+            self.maintenance.backfill(runs, self.clock())
 
     def _connect(self) -> None:
         offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
@@ -549,6 +583,12 @@ class EdgeAgent:
         except StorageError as exc:
             self.stats.last_error = str(exc)
         self.predict_and_publish()
+        try:
+            # Build the training windows now, while idle: a training round on this model
+            # follows, and its clock runs from the announcement (cached until units fail).
+            self.datasets(spec)
+        except FedgeError as exc:  # e.g. a feature without numbers: declined at the round
+            self.stats.last_error = str(exc)
 
     def _holdout_or_empty(self, spec: ModelSpec) -> WindowDataset:
         """The held-out windows for ``spec``; none if the device cannot build them."""
@@ -757,6 +797,8 @@ class EdgeAgent:
             return  # wait for the round's base model (retained) to arrive
         if self._job is not None:
             return  # one round at a time: answer this one when the current job is done
+        if ann.task == "train" and self._too_busy(ann):
+            return  # postponed: tried again on the next step
         frame: bytes | None = None
         try:
             if ann.task == "train":
@@ -807,6 +849,30 @@ class EdgeAgent:
                 ann, RejectReason.STALE_BASE, f"base v{ann.base_version}, runs v{running}"
             )
         return False
+
+    def _too_busy(self, ann: RoundAnnouncement) -> bool:
+        """Whether to hold off training ``ann``: the CPU is above ``max_cpu_percent``.
+
+        The round is postponed while its deadline is further than ``max_train_seconds``
+        (or 30 s) away, then declined with reason ``busy``.
+        """
+        limit = self.config.max_cpu_percent
+        if limit is None:
+            return False
+        load = self.load_percent()
+        if load <= limit:
+            return False
+        margin = self.config.max_train_seconds or _BUSY_MARGIN_S
+        if ann.deadline - self.clock() > margin:
+            if self._postponed != ann.round_id:
+                self._postponed = ann.round_id
+                log.info("%s: round %d postponed, CPU load %.0f%% > %.0f%%",
+                         self.config.device, ann.round_id, load, limit)
+            return True
+        self._decline(
+            ann, RejectReason.BUSY, f"CPU load {load:.0f}% above the device's limit of {limit:.0f}%"
+        )
+        return True
 
     def _decline(self, ann: RoundAnnouncement, reason: RejectReason, detail: str) -> None:
         """Tell the aggregator why this device cannot answer ``ann`` (counted in the summary)."""
@@ -884,8 +950,13 @@ class EdgeAgent:
         it can run on a worker thread while the agent thread keeps sampling. Training
         stops (TrainingStopped) when the agent stops or ``budget_s`` seconds after the
         closure started (:func:`fedge.limits.check_announcement` derives the budget).
+        The update is encoded with the round's codec (delta against the round's global
+        weights, plus the error-feedback residual kept in the store); the new residual is
+        saved once the update is published (``self._commit``). ``max_train_seconds`` and the
+        round's deadline end training early with what it has.
         """
         assert self.model is not None  # noqa: S101 - checked by _try_round
+        started = time.monotonic()
         train, holdout = self.datasets(self.model.spec)
         if len(train) == 0:
             return None
@@ -895,6 +966,14 @@ class EdgeAgent:
         # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
         seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
         halt = self._halt
+        codec = resolve_codec(ann.codec)
+        base_weights = state_tensors(self.model, trainable_only=True) if codec.delta else None
+        key = _residual_key(self.model.spec, codec)
+        residual = self.store.load_residual(key) if codec.error_feedback else None
+        budget = ann.deadline - self.clock()
+        if self.config.max_train_seconds is not None:
+            budget = min(budget, self.config.max_train_seconds)
+        new_residual: list[dict[str, np.ndarray] | None] = []
 
         def run() -> bytes:
             over = time.monotonic() + budget_s
@@ -905,18 +984,33 @@ class EdgeAgent:
             # The base model's error on the held-out units (``local`` still holds it).
             before = evaluate(local, holdout)
             result = train_local(
-                local, train, ann.training, seed=seed, reference=base, should_stop=should_stop
+                local, train, ann.training, seed=seed, reference=base, should_stop=should_stop,
+                time_budget_s=max(budget, 0.0),
             )
             metrics = {
                 "train_loss": result.loss,
                 "val_rmse": before.rmse,
                 "val_examples": float(before.num_examples),
+                "train_steps": float(result.steps),
             }
-            return encode_frame(
-                self._header(ann, "update", result.num_examples, metrics),
-                state_tensors(local, trainable_only=True),
+            compressed = compress_update(
+                state_tensors(local, trainable_only=True), codec=codec, base=base_weights,
+                residual=residual, seed=seed,
             )
+            new_residual.append(compressed.residual)
+            # All local work of the round (data, training, encoding): what the round
+            # waited for on this device, apart from the network.
+            metrics["local_seconds"] = time.monotonic() - started
+            header = self._header(ann, "update", result.num_examples, metrics)
+            if not codec.is_default:
+                header = header.model_copy(update={"codec": wire_codec(codec)})
+            return encode_frame(header, compressed.tensors)
 
+        if codec.error_feedback:
+            self._commit = (
+                ann.round_id,
+                lambda: self.store.save_residual(key, new_residual[0] if new_residual else None),
+            )
         return run
 
     def _start_job(self, ann: RoundAnnouncement, job: Callable[[], bytes]) -> None:
@@ -927,6 +1021,8 @@ class EdgeAgent:
                 box.append(job())
             except Exception as exc:  # handed back to the agent thread, never lost
                 box.append(exc)
+            finally:
+                self._inbox.put(_WAKE)
 
         thread = threading.Thread(target=work, name=f"{self.config.device}-train", daemon=True)
         self._job = (ann, thread, box)
@@ -953,12 +1049,30 @@ class EdgeAgent:
         # read these counters) before publish() even returns on this thread.
         self.stats.rounds_answered += 1
         self.stats.answered_rounds.append(ann.round_id)
+        device = self.config.device
         try:
-            self._publish(self.topics.update(ann.round_id, self.config.device), frame)
+            topic = self.topics.update(ann.round_id, device)
+            # Signed for the update topic as a whole frame; chunks carry the signed frame.
+            signed = self.signer.sign(topic, frame, now=self.clock())
+            limit = ann.max_message_bytes
+            if limit is not None and len(signed) > limit:
+                # Too large for one broker message: numbered chunks the aggregator reassembles.
+                chunk_topic = self.topics.update_chunks(ann.round_id, device)
+                for chunk in split_frame(signed, max_message_bytes=limit):
+                    self.transport.publish(chunk_topic, chunk)
+            else:
+                self.transport.publish(topic, signed)
         except TransportError as exc:
             self.stats.last_error = str(exc)
             self.stats.rounds_answered -= 1
             self.stats.answered_rounds.pop()
+            return
+        commit, self._commit = self._commit, None
+        if commit is not None and commit[0] == ann.round_id:
+            try:
+                commit[1]()
+            except StorageError as exc:
+                self.stats.last_error = str(exc)
 
     def _live_window(self, spec: ModelSpec) -> np.ndarray | None:
         """The model input (1, window, features) of the running unit, or None if none yet."""
@@ -1023,3 +1137,9 @@ class EdgeAgent:
             return None
         self.stats.predictions += 1
         return prediction
+
+
+def _residual_key(spec: ModelSpec, codec: UpdateCodec) -> str:
+    """What a saved residual is only valid for: this model spec and this codec."""
+    text = spec.model_dump_json() + codec.model_dump_json()
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from fedge.compression.scheme import UpdateCodec
 from fedge.errors import ConfigError
 from fedge.health import HealthConfig
 from fedge.limits import AgentLimits
@@ -272,6 +273,15 @@ class AgentConfig(FedgeSettings):
     # Broker unreachable: retry with exponential backoff and jitter between these bounds.
     reconnect_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Small devices: torch intra-op threads (None = torch's default, one per core); stop
+    # local training after this many seconds and send what it has; the store's size in
+    # bytes (bounds store_max_readings further); train only while the 1-minute load
+    # average per core is below this percentage (postponed, declined as "busy" when
+    # the round's deadline comes too close).
+    torch_threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    max_train_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    store_max_bytes: Annotated[int, Field(ge=1 << 20)] | None = None
+    max_cpu_percent: Annotated[float, Field(gt=0, le=100)] | None = None
     # [features]: fleet feature name -> this device's channel name. A feature not listed
     # is read from the channel of the same name.
     features: dict[SensorName, Annotated[str, Field(min_length=1, max_length=128)]] = Field(
@@ -348,6 +358,13 @@ class AggregatorConfig(FedgeSettings):
     model: ModelSpec = Field(default_factory=default_fleet_model)
     checkpoint_dir: Path = Path("fedge-checkpoints")
     max_update_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
+    # [codec]: how devices encode their training updates (fedge.compression.UpdateCodec),
+    # announced with every training round; e.g. dtype = "int8", delta = true,
+    # error_feedback = true. The default is plain float32 (protocol v1).
+    codec: UpdateCodec = UpdateCodec()
+    # Update frames above this many bytes travel as chunks (set it below the broker's
+    # max_packet_size minus the topic length); None: never chunk.
+    max_message_bytes: Annotated[int, Field(ge=1024)] | None = None
     allowed_devices: frozenset[Identifier] | None = None
     federated_stats: bool = True
     final_evaluation: bool = True

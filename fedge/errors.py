@@ -98,6 +98,8 @@ class RejectReason(StrEnum):
     """A reply to a round that already closed (a straggler); dropped."""
     NOT_SELECTED = "not_selected"
     """A reply from a device the round's announcement did not select; dropped."""
+    BUSY = "busy"
+    """A device declined a round: its CPU stayed above its limit until the deadline."""
     # Chunked frames (fedge.chunking): why a chunk or a whole transfer was dropped.
     CHUNK_MALFORMED = "chunk_malformed"
     CHUNK_INCONSISTENT = "chunk_inconsistent"

@@ -91,6 +91,9 @@ class RoundAnnouncement(WireModel):
     # v1 value) or an UpdateCodec; fedge.compression.resolve_codec reads either.
     codec: CodecField = "safetensors"
     max_update_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
+    # Largest MQTT payload the broker takes (below its max_packet_size, less the topic):
+    # a larger update frame travels as chunks (fedge.chunking). None: never chunk.
+    max_message_bytes: Annotated[int, Field(ge=1024)] | None = None
     # The fleet's model: a stats round needs it before any global model exists, to
     # know which rows to summarise (ModelSpec.stats_features).
     model: ModelSpec | None = None

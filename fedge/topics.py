@@ -2,18 +2,24 @@
 
 All topics live under ``fedge/v1/<fleet>/``:
 
-====================================  ======  ===  ========
-topic                                 from    QoS  retained
-====================================  ======  ===  ========
-``devices/<device>/telemetry``        agent   1    no
-``devices/<device>/status``           agent   1    yes
-``devices/<device>/prediction``       agent   1    no
-``devices/<device>/events``           both    1    no
-``rounds/current``                    aggr.   1    yes
-``rounds/<round>/updates/<device>``   agent   1    no
-``rounds/summary``                    aggr.   1    no
-``model/global``                      aggr.   1    yes
-====================================  ======  ===  ========
+==========================================  ======  ===  ========
+topic                                       from    QoS  retained
+==========================================  ======  ===  ========
+``devices/<device>/telemetry``              agent   1    no
+``devices/<device>/status``                 agent   1    yes
+``devices/<device>/prediction``             agent   1    no
+``devices/<device>/events``                 both    1    no
+``devices/<device>/stored``                 ingest  1    yes
+``rounds/current``                          aggr.   1    yes
+``rounds/<round>/updates/<device>``         agent   1    no
+``rounds/<round>/updates/<device>/chunks``  agent   1    no
+``rounds/summary``                          aggr.   1    no
+``model/global``                            aggr.   1    yes
+==========================================  ======  ===  ========
+
+An update frame larger than the round's ``max_message_bytes`` travels as chunks
+(:mod:`fedge.chunking`) on ``.../updates/<device>/chunks``; the aggregator
+reassembles them and handles the frame as if it came on ``.../updates/<device>``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class TopicKind(StrEnum):
     EVENTS = "events"
     ROUND_CURRENT = "round_current"
     UPDATE = "update"
+    UPDATE_CHUNK = "update_chunk"
     ROUND_SUMMARY = "round_summary"
     GLOBAL_MODEL = "global_model"
 
@@ -117,6 +124,10 @@ class Topics:
         validate_segment(device, what="device")
         return f"{self.root}/rounds/{round_id}/updates/{device}"
 
+    def update_chunks(self, round_id: int, device: str) -> str:
+        """Where a device publishes the chunks of an update frame too large for one message."""
+        return f"{self.update(round_id, device)}/chunks"
+
     @property
     def round_summary(self) -> str:
         return f"{self.root}/rounds/summary"
@@ -150,6 +161,10 @@ class Topics:
     def all_updates(self) -> str:
         return f"{self.root}/rounds/+/updates/+"
 
+    @property
+    def all_update_chunks(self) -> str:
+        return f"{self.root}/rounds/+/updates/+/chunks"
+
 
 def _parse_round(text: str) -> int:
     # str.isdigit accepts non-ASCII digits; the wire only allows ASCII, no sign, no padding.
@@ -181,6 +196,13 @@ def parse_topic(topic: str) -> ParsedTopic:
         case ["rounds", round_text, "updates", device]:
             return ParsedTopic(
                 TopicKind.UPDATE,
+                fleet,
+                validate_segment(device, what="device"),
+                _parse_round(round_text),
+            )
+        case ["rounds", round_text, "updates", device, "chunks"]:
+            return ParsedTopic(
+                TopicKind.UPDATE_CHUNK,
                 fleet,
                 validate_segment(device, what="device"),
                 _parse_round(round_text),

@@ -7,6 +7,7 @@ benchmarks, so federated and central numbers are computed the same way.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from fedge.errors import FedgeError
+from fedge.lean_torch import adam_step, avoid_dynamo_import
 from fedge.messages import TrainingConfig
 from fedge.models import FaultModel
 
@@ -25,6 +27,7 @@ __all__ = [
     "WindowDataset",
     "evaluate",
     "predict",
+    "set_torch_threads",
     "train_local",
 ]
 
@@ -61,9 +64,16 @@ class WindowDataset:
 
 @dataclass(frozen=True, slots=True)
 class TrainResult:
+    """What one call of :func:`train_local` did.
+
+    ``out_of_time`` is True when the time budget ended training before its last
+    mini-batch: the model holds the steps done so far (``steps``).
+    """
+
     loss: float
     num_examples: int
     steps: int
+    out_of_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,14 @@ class Evaluation:
     rmse: float
     mae: float
     num_examples: int
+
+
+def set_torch_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads for torch in this process (a device leaves the
+    other cores to sampling and MQTT)."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def _targets(model: FaultModel, rul: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +107,8 @@ def train_local(
     seed: int = 0,
     reference: Mapping[str, torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    time_budget_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs of shuffled mini-batches.
 
@@ -111,16 +131,28 @@ def train_local(
     ``should_stop`` is asked before every mini-batch; when it answers True training
     ends at once with :class:`TrainingStopped` (an agent asked to shut down must not
     wait for the rest of a round; the model is left half-trained, so discard it).
+
+    ``time_budget_s`` bounds the call's duration on ``clock``: once it is spent,
+    training ends after the current mini-batch (at least one is always done) and
+    the result says ``out_of_time``; the model is then a valid, if shorter, round of
+    local training, which a small device sends rather than miss the round.
     """
     n = len(data)
     if n == 0:
         return TrainResult(loss=math.nan, num_examples=0, steps=0)
+    # The windows stay where they are (no copy of a subset: on a device that is the
+    # size of the dataset again); a subset is a row index into them.
+    rows: torch.Tensor | None = None
+    labels = data.rul
     if config.max_examples is not None and n > config.max_examples:
         keep = np.random.default_rng(seed).choice(n, config.max_examples, replace=False)
-        data = WindowDataset(data.x[keep], data.rul[keep])
-        n = len(data)
+        rows = torch.from_numpy(keep)
+        labels = data.rul[keep]
+        n = len(keep)
     x = torch.from_numpy(data.x)
-    rul, failing = _targets(model, torch.from_numpy(data.rul))
+    rul, failing = _targets(model, torch.from_numpy(labels))
+    # Eager Adam without torch's compiler stack (71 MiB, ~1 s): see fedge.lean_torch.
+    avoid_dynamo_import()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     mse, bce = nn.MSELoss(), nn.BCEWithLogitsLoss()
@@ -129,6 +161,7 @@ def train_local(
     params = dict(model.named_parameters())
     model.train()
     total, steps = 0.0, 0
+    give_up = math.inf if time_budget_s is None else clock() + time_budget_s
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.batch_size):
@@ -136,7 +169,7 @@ def train_local(
                 model.eval()
                 raise TrainingStopped(f"training stopped after {steps} step(s)")
             idx = order[start : start + config.batch_size]
-            pred_rul, fail_logit = model(x[idx])
+            pred_rul, fail_logit = model(x[idx if rows is None else rows[idx]])
             loss = mse(pred_rul / cap, rul[idx] / cap) + _FAILURE_LOSS_WEIGHT * bce(
                 fail_logit, failing[idx]
             )
@@ -145,11 +178,20 @@ def train_local(
                 loss = loss + 0.5 * mu * prox
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            optimiser.step()
+            adam_step(optimiser)
             total += float(loss.detach())
             steps += 1
+            if time_budget_s is not None and clock() >= give_up and steps < _total_steps(
+                n, config
+            ):
+                model.eval()
+                return TrainResult(total / steps, n, steps, out_of_time=True)
     model.eval()
     return TrainResult(loss=total / steps, num_examples=n, steps=steps)
+
+
+def _total_steps(n: int, config: TrainingConfig) -> int:
+    return config.epochs * -(-n // config.batch_size)
 
 
 @torch.no_grad()

@@ -3,6 +3,11 @@
 Pure: takes the decoded frame, the parsed topic and the round's expectations,
 raises :class:`~fedge.errors.UpdateRejectedError` with a :class:`RejectReason`.
 The caller counts and logs the reason and carries on.
+
+A training reply must use the codec its round announced (``codec_mismatch``
+otherwise); its body is then validated against the round's template by
+:func:`fedge.compression.parse_update`, whose result the reducer accumulates
+without decoding the update into a copy (:meth:`UpdateValidator.validate`).
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedge.codec import Frame, FrameKind
-from fedge.errors import RejectReason, UpdateRejectedError
+from fedge.compression import EncodedUpdate, UpdateCodec, parse_update
+from fedge.errors import CompressionError, RejectReason, UpdateRejectedError
 from fedge.messages import RoundTask
 from fedge.topics import ParsedTopic, TopicKind
 
-__all__ = ["TASK_FRAME_KIND", "RoundExpectation", "UpdateValidator"]
+__all__ = ["TASK_FRAME_KIND", "RoundExpectation", "UpdateValidator", "ValidatedReply"]
 
 TASK_FRAME_KIND: dict[RoundTask, FrameKind] = {
     "train": "update",
@@ -34,7 +40,20 @@ class RoundExpectation:
     base_version: int
     task: RoundTask
     template: Mapping[str, np.ndarray] = field(default_factory=dict)
-    """Expected tensor names, shapes and dtypes (values unused, except for norm checks)."""
+    """Expected tensor names, shapes and dtypes; for training rounds also the values of
+    the global weights the round was announced with (the base of delta codecs and of
+    the norm check)."""
+    codec: UpdateCodec = field(default_factory=UpdateCodec)
+    """The codec the round announced (training rounds; others use the default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedReply:
+    """An accepted reply: its device, and for a training round its validated update."""
+
+    device: str
+    update: EncodedUpdate | None
+    """Decodes (or accumulates) to the client's weights; None for stats/evaluation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +74,21 @@ class UpdateValidator:
         already_received: frozenset[str] | set[str] = frozenset(),
     ) -> str:
         """Return the sending device if ``frame`` is acceptable, else raise UpdateRejectedError."""
+        return self.validate(topic, frame, expect, already_received=already_received).device
+
+    def validate(
+        self,
+        topic: ParsedTopic,
+        frame: Frame,
+        expect: RoundExpectation,
+        *,
+        already_received: frozenset[str] | set[str] = frozenset(),
+    ) -> ValidatedReply:
+        """Check ``frame`` like :meth:`check`; also return a training reply's parsed update.
+
+        ``frame`` comes from :func:`fedge.codec.decode_frame`, which has refused
+        non-finite float tensors: that check is not repeated here.
+        """
         header = frame.header
         if topic.kind is not TopicKind.UPDATE or topic.device is None or topic.round_id is None:
             raise UpdateRejectedError(RejectReason.TOPIC_MISMATCH, f"not an update topic: {topic}")
@@ -91,21 +125,35 @@ class UpdateValidator:
             raise UpdateRejectedError(
                 RejectReason.BAD_EXAMPLES, f"num_examples={header.num_examples}"
             )
-        self._check_tensors(frame.tensors, expect.template)
-        if self.max_update_norm is not None and expect.task == "train":
-            norm = float(
-                np.sqrt(
-                    sum(
-                        np.sum((frame.tensors[k].astype(np.float64) - v) ** 2)
-                        for k, v in expect.template.items()
-                    )
-                )
+        codec = frame.codec
+        if codec != expect.codec:
+            raise UpdateRejectedError(
+                RejectReason.CODEC_MISMATCH,
+                f"frame codec {_describe(codec)}, round announced {_describe(expect.codec)}",
             )
+        if expect.task != "train":
+            self._check_tensors(frame.tensors, expect.template)
+            return ValidatedReply(device, None)
+        if codec.plain:
+            # Name, shape and dtype first: they have reasons of their own.
+            self._check_tensors(frame.tensors, expect.template)
+        try:
+            update = parse_update(
+                frame.tensors,
+                codec,
+                template=expect.template,
+                base=expect.template if codec.delta else None,
+                finite=True,  # decode_frame refused NaN and infinity already
+            )
+        except CompressionError as exc:
+            raise UpdateRejectedError(RejectReason.MALFORMED, str(exc)) from exc
+        if self.max_update_norm is not None:
+            norm = update.distance(expect.template)
             if norm > self.max_update_norm:
                 raise UpdateRejectedError(
                     RejectReason.NORM_TOO_LARGE, f"update norm {norm:.3g} > {self.max_update_norm}"
                 )
-        return device
+        return ValidatedReply(device, update)
 
     @staticmethod
     def _check_tensors(
@@ -127,3 +175,7 @@ class UpdateValidator:
                 raise UpdateRejectedError(
                     RejectReason.DTYPE_MISMATCH, f"{name}: {got.dtype} != {ref.dtype}"
                 )
+
+
+def _describe(codec: UpdateCodec) -> str:
+    return "float32 (default)" if codec.is_default else codec.model_dump_json(exclude_none=True)

@@ -19,13 +19,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator.checkpoint import CheckpointStore
-from aggregator.ingest import IngestService
 from aggregator.ingest_identity import IngestInstance
 from aggregator.service import AggregatorService
-from aggregator.sinks import Sink
-from aggregator.telemetry import open_sink
 from broker.mqtt_transport import PahoTransport
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SensorSource, source_from_table
@@ -43,6 +41,10 @@ from fedge.errors import ConfigError
 from fedge.messages import RoundSummary
 from fedge.signing import AGGREGATOR_SIGNER, Authenticator, Signer
 from fedge.transport import Transport
+
+if TYPE_CHECKING:  # the sinks import influxdb-client, a server extra a device lacks
+    from aggregator.ingest import IngestService
+    from aggregator.sinks import Sink
 
 __all__ = [
     "agent_client_id",
@@ -161,6 +163,7 @@ def build_agent(
         store_path or config.store_path,
         n_features=len(source.sensor_names),
         max_readings=config.store_max_readings,
+        max_bytes=config.store_max_bytes,
     )
     return EdgeAgent(
         config,
@@ -203,6 +206,11 @@ def build_ingest(
     The caller owns the sink: stop the service, then close the sink.
     """
     authenticator, _ = service_security(config.security, fleet=config.fleet, signer=None)
+    # Imported here: ``fedge agent`` builds its agent through this module on a device
+    # whose base install has no influxdb-client (the ``server`` extra).
+    from aggregator.ingest import IngestService
+    from aggregator.telemetry import open_sink
+
     sink = sink if sink is not None else open_sink(config)
     service = IngestService(
         transport,

@@ -192,7 +192,10 @@ class EncodedUpdate:
             flat = sums[slot.name].reshape(-1)
             for s, e, block in self.blocks(slot):
                 product = scratch[: e - s]
-                np.multiply(block, weight, out=product, dtype=np.float64)
+                # Cast, then multiply in place: the same float64 products as
+                # np.multiply(block, weight, dtype=float64), ~2x faster (no buffered cast).
+                product[...] = block
+                product *= weight
                 flat[s:e] += product
 
     def distance(self, reference: Mapping[str, np.ndarray]) -> float:
@@ -227,12 +230,15 @@ def _flat_base(
     return out
 
 
-def _parse_plain(encoded: Mapping[str, object], layout: Layout) -> dict[str, np.ndarray]:
+def _parse_plain(
+    encoded: Mapping[str, object], layout: Layout, *, finite: bool
+) -> dict[str, np.ndarray]:
     f32 = np.dtype(np.float32)
     values: dict[str, np.ndarray] = {}
     for slot in layout.slots:
         array = _array(encoded, slot.name, f32, slot.shape)
-        _check_range(array, repr(slot.name), low=-np.inf, high=np.inf)
+        if not finite:
+            _check_range(array, repr(slot.name), low=-np.inf, high=np.inf)
         values[slot.name] = array
     return values
 
@@ -272,6 +278,7 @@ def parse_update(
     *,
     template: Mapping[str, np.ndarray],
     base: Mapping[str, np.ndarray] | None = None,
+    finite: bool = False,
 ) -> EncodedUpdate:
     """Validate the body tensors of an update frame encoded with ``codec``.
 
@@ -279,6 +286,10 @@ def parse_update(
     ``base`` (the global weights the round was built on) is required for delta
     codecs. Raises CompressionError for untrusted input that does not fit, and
     ValueError when ``base`` does not match ``template`` (a caller bug).
+
+    ``finite=True`` says the float tensors are known to hold no NaN or infinity
+    (:func:`fedge.codec.decode_frame` refuses those): plain float32 bodies then skip
+    a second pass looking for them (ranges are checked all the same).
     """
     layout = build_layout(template, codec)
     flat_base: dict[str, np.ndarray] | None = None
@@ -304,7 +315,8 @@ def parse_update(
         )
     if codec.plain:
         return EncodedUpdate(
-            layout, codec, values=_parse_plain(encoded, layout), scales=None, positions=None,
+            layout, codec, values=_parse_plain(encoded, layout, finite=finite), scales=None,
+            positions=None,
             base=None,
         )
 

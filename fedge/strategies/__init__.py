@@ -12,7 +12,7 @@ each implemented one per module:
   ``fedadam``, ``fedyogi``;
 * a **participation policy** (:mod:`fedge.strategies.participation`,
   ``PARTICIPATION``): who is expected, which replies count, when a round closes and
-  whether it succeeded — ``sync``.
+  whether it succeeded — ``sync``, ``fedbuff`` (buffered asynchronous).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from fedge.strategies.composite import Strategy, StrategySettings
 from fedge.strategies.params import Params
 from fedge.strategies.participation import (
     PARTICIPATION,
+    FedBuffParticipation,
     ParticipationPolicy,
     RoundPlan,
     RoundView,
     SyncParticipation,
     make_participation,
+    staleness_weight,
 )
 from fedge.strategies.reducers import (
     REDUCERS,
@@ -62,6 +64,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuffParticipation",
     "FedProx",
     "FedYogi",
     "Params",
@@ -78,6 +81,7 @@ __all__ = [
     "make_participation",
     "make_reducer",
     "make_strategy",
+    "staleness_weight",
     "stats_template",
     "weighted_mean",
 ]

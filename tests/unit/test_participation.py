@@ -166,9 +166,10 @@ def test_make_participation() -> None:
         make_participation("sync", min_clients=0, target_clients=None, round_timeout_s=1.0)
 
 
-@pytest.mark.parametrize("name", ["Sync", "fedbuff", ""])
+@pytest.mark.parametrize("name", ["Sync", "FedBuff", ""])
 def test_make_participation_unknown_name_lists_the_choices(name: str) -> None:
     with pytest.raises(
-        ConfigError, match=rf"unknown participation policy {name!r}; choose one of \['sync'\]"
+        ConfigError,
+        match=rf"unknown participation policy {name!r}; choose one of \['fedbuff', 'sync'\]",
     ):
         make_participation(name, min_clients=1, target_clients=None, round_timeout_s=1.0)

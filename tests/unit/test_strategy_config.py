@@ -57,8 +57,9 @@ def test_parts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("reducer", "geomedian",
          r"reducer: .*unknown reducer 'geomedian'; choose one of \['krum', 'mean', 'median', "
          r"'multi_krum', 'trimmed_mean'\]"),
-        ("participation", "fedbuff",
-         r"participation: .*unknown participation policy 'fedbuff'; choose one of \['sync'\]"),
+        ("participation", "gossip",
+         r"participation: .*unknown participation policy 'gossip'; "
+         r"choose one of \['fedbuff', 'sync'\]"),
         ("strategy", "fedmagic", r"strategy: .*unknown strategy 'fedmagic'; choose one of"),
     ],
 )

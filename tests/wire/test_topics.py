@@ -29,6 +29,7 @@ def test_exact_topic_strings() -> None:
     assert T.round_current == "fedge/v1/plant-7/rounds/current"
     assert T.update(12, "pump-03") == "fedge/v1/plant-7/rounds/12/updates/pump-03"
     assert T.update(0, "pump-03") == "fedge/v1/plant-7/rounds/0/updates/pump-03"
+    assert T.update_chunks(12, "pump-03") == "fedge/v1/plant-7/rounds/12/updates/pump-03/chunks"
     assert T.round_summary == "fedge/v1/plant-7/rounds/summary"
     assert T.global_model == "fedge/v1/plant-7/model/global"
 
@@ -39,6 +40,7 @@ def test_exact_subscription_filters() -> None:
     assert T.all_predictions == "fedge/v1/plant-7/devices/+/prediction"
     assert T.all_events == "fedge/v1/plant-7/devices/+/events"
     assert T.all_updates == "fedge/v1/plant-7/rounds/+/updates/+"
+    assert T.all_update_chunks == "fedge/v1/plant-7/rounds/+/updates/+/chunks"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,10 @@ def test_exact_subscription_filters() -> None:
         (T.events("pump-03"), ParsedTopic(TopicKind.EVENTS, "plant-7", "pump-03")),
         (T.round_current, ParsedTopic(TopicKind.ROUND_CURRENT, "plant-7")),
         (T.update(12, "pump-03"), ParsedTopic(TopicKind.UPDATE, "plant-7", "pump-03", 12)),
+        (
+            T.update_chunks(12, "pump-03"),
+            ParsedTopic(TopicKind.UPDATE_CHUNK, "plant-7", "pump-03", 12),
+        ),
         (T.round_summary, ParsedTopic(TopicKind.ROUND_SUMMARY, "plant-7")),
         (T.global_model, ParsedTopic(TopicKind.GLOBAL_MODEL, "plant-7")),
     ],
@@ -62,7 +68,7 @@ def test_parse_round_trip(topic: str, expected: ParsedTopic) -> None:
 def test_parse_covers_every_kind() -> None:
     built = [
         T.telemetry("d"), T.status("d"), T.prediction("d"), T.events("d"), T.round_current,
-        T.update(1, "d"), T.round_summary, T.global_model,
+        T.update(1, "d"), T.update_chunks(1, "d"), T.round_summary, T.global_model,
     ]
     assert {parse_topic(t).kind for t in built} == set(TopicKind)
 
@@ -94,7 +100,10 @@ BAD_SEGMENTS = [
 
 @pytest.mark.parametrize("bad", BAD_SEGMENTS)
 def test_invalid_device_segment_is_refused_when_building(bad: str) -> None:
-    for build in (T.telemetry, T.status, T.prediction, T.events, lambda d: T.update(1, d)):
+    for build in (
+        T.telemetry, T.status, T.prediction, T.events, lambda d: T.update(1, d),
+        lambda d: T.update_chunks(1, d),
+    ):
         with pytest.raises(TopicError, match="invalid device"):
             build(bad)
 
@@ -114,6 +123,8 @@ def test_invalid_segments_are_refused_when_parsing(bad: str) -> None:
         parse_topic(f"fedge/v1/plant-7/devices/{bad}/telemetry")
     with pytest.raises(TopicError, match="invalid device"):
         parse_topic(f"fedge/v1/plant-7/rounds/3/updates/{bad}")
+    with pytest.raises(TopicError, match="invalid device"):
+        parse_topic(f"fedge/v1/plant-7/rounds/3/updates/{bad}/chunks")
     with pytest.raises(TopicError, match="invalid fleet"):
         parse_topic(f"fedge/v1/{bad}/rounds/current")
 
@@ -156,6 +167,9 @@ def test_validate_segment_refuses_non_strings() -> None:
         "fedge/v1/plant-7/rounds/12/updates",
         "fedge/v1/plant-7/rounds/12/update/pump-03",
         "fedge/v1/plant-7/rounds/+/updates/+",
+        "fedge/v1/plant-7/rounds/12/updates/pump-03/chunk",
+        "fedge/v1/plant-7/rounds/12/updates/pump-03/chunks/0",
+        "fedge/v1/plant-7/rounds/+/updates/+/chunks",
         "fedge/v1/plant-7/devices/+/status",
         "fedge/v1/plant-7/#",
     ],
@@ -217,6 +231,9 @@ def test_hypothesis_round_trip(fleet: str, device: str, round_id: int) -> None:
     )
     assert parse_topic(topics.update(round_id, device)) == ParsedTopic(
         TopicKind.UPDATE, fleet, device, round_id
+    )
+    assert parse_topic(topics.update_chunks(round_id, device)) == ParsedTopic(
+        TopicKind.UPDATE_CHUNK, fleet, device, round_id
     )
     assert parse_topic(topics.round_current) == ParsedTopic(TopicKind.ROUND_CURRENT, fleet)
     assert parse_topic(topics.global_model) == ParsedTopic(TopicKind.GLOBAL_MODEL, fleet)

@@ -3,9 +3,10 @@
 Built in:
 
 * ``sync`` — :class:`SyncParticipation`: quorum, deadline, optional target, no stale replies.
+* ``fedbuff`` — :class:`FedBuffParticipation`: buffered asynchronous aggregation, a
+  training round closes after K replies, stale replies count with a staleness weight.
 
-A buffered asynchronous policy (FedBuff) is one more module and one more entry here;
-:mod:`fedge.strategies.participation.base` describes how it plugs in.
+:mod:`fedge.strategies.participation.base` describes how a policy plugs in.
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ from collections.abc import Callable, Mapping
 
 from fedge.errors import ConfigError
 from fedge.strategies.participation.base import ParticipationPolicy, RoundPlan, RoundView
+from fedge.strategies.participation.fedbuff import FedBuffParticipation, staleness_weight
 from fedge.strategies.participation.sync import SyncParticipation
 
 __all__ = [
     "PARTICIPATION",
+    "FedBuffParticipation",
     "ParticipationPolicy",
     "RoundPlan",
     "RoundView",
     "SyncParticipation",
     "make_participation",
+    "staleness_weight",
 ]
 
 PARTICIPATION: dict[str, Callable[..., ParticipationPolicy]] = {
     SyncParticipation.name: SyncParticipation,
+    FedBuffParticipation.name: FedBuffParticipation,
 }
 """Policies by name; each is called as
 ``factory(min_clients=..., target_clients=..., round_timeout_s=..., **options)``."""

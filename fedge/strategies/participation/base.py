@@ -25,7 +25,7 @@ at most ``s + 1`` earlier rounds.
 
 How FedBuff (Nguyen et al. 2022, buffered asynchronous aggregation) plugs in, as one
 module beside ``sync.py`` and one ``PARTICIPATION`` entry, without touching the
-coordinator:
+coordinator (it is :mod:`fedge.strategies.participation.fedbuff`):
 
 * ``open_round``: every online device is expected; a long deadline (a safety net);
 * ``max_staleness``: the staleness bound (options, e.g. ``max_staleness = 4``);

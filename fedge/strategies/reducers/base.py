@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from fedge.compression import EncodedUpdate
 from fedge.strategies.params import Params
 
 __all__ = ["Reducer"]
@@ -58,6 +59,14 @@ class Reducer(ABC):
         self._fold(update, weight)
         self.total_weight += weight
         self.count += 1
+
+    def add_encoded(self, update: EncodedUpdate, weight: float) -> None:
+        """Fold in a validated (possibly compressed) update, see :meth:`add`.
+
+        The default decodes it to float32 arrays and calls :meth:`add`; a streaming
+        reducer overrides it to accumulate block by block without that copy.
+        """
+        self.add(update.decompress(), weight)
 
     @abstractmethod
     def _fold(self, update: Mapping[str, np.ndarray], weight: float) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from fedge.compression import BLOCK, EncodedUpdate
 from fedge.strategies.params import Params
 from fedge.strategies.reducers.base import Reducer
 
@@ -21,7 +22,11 @@ class StreamingMean(Reducer):
     """Running weighted mean of named arrays, accumulated in float64.
 
     Memory: one float64 array per template tensor (O(model)), whatever the number
-    of updates; while adding, float64 temporaries of one tensor at a time.
+    of updates, plus one float64 scratch block of :data:`~fedge.compression.BLOCK`
+    entries: an update is multiplied by its weight block by block into the scratch
+    and added from there, so adding allocates nothing the size of a tensor.
+    ``sums += weight * update`` computed this way is bit for bit what
+    ``sums += update.astype(float64) * weight`` gives.
     """
 
     name = "mean"
@@ -29,6 +34,13 @@ class StreamingMean(Reducer):
     def __init__(self, template: Mapping[str, np.ndarray]) -> None:
         super().__init__()
         self._sums = {name: np.zeros(a.shape, np.float64) for name, a in template.items()}
+        self._scratch: np.ndarray | None = None
+
+    def _block(self) -> np.ndarray:
+        if self._scratch is None:
+            longest = max((a.size for a in self._sums.values()), default=0)
+            self._scratch = np.empty(min(BLOCK, longest), np.float64)
+        return self._scratch
 
     def _fold(self, update: Mapping[str, np.ndarray], weight: float) -> None:
         if set(update) != set(self._sums):
@@ -38,9 +50,24 @@ class StreamingMean(Reducer):
         for name, acc in self._sums.items():
             if np.shape(update[name]) != acc.shape:
                 raise ValueError(f"{name}: shape {np.shape(update[name])} != {acc.shape}")
+        scratch = self._block()
         for name, acc in self._sums.items():
-            # Accumulate in place, one tensor at a time: no second model-sized buffer.
-            acc += np.asarray(update[name], np.float64) * weight
+            flat = acc.reshape(-1)  # a view: the sums are C-contiguous
+            values = np.asarray(update[name]).reshape(-1)
+            for s in range(0, flat.size, BLOCK):
+                e = min(s + BLOCK, flat.size)
+                product = scratch[: e - s]
+                product[...] = values[s:e]  # exact: float32 -> float64
+                product *= weight
+                flat[s:e] += product
+
+    def add_encoded(self, update: EncodedUpdate, weight: float) -> None:
+        """Accumulate a validated update straight from its encoded body (no decoded copy)."""
+        if not weight > 0:
+            raise ValueError(f"weight must be positive, got {weight}")
+        update.accumulate_into(self._sums, weight=weight)
+        self.total_weight += weight
+        self.count += 1
 
     def result(self) -> Params:
         """The weighted mean as float32 arrays. Raises ValueError when nothing was added."""
