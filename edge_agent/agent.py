@@ -66,6 +66,7 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.models import FaultModel, build_model, load_tensors, state_tensors
+from fedge.privacy import privatize_update
 from fedge.signing import Authenticator, Signer
 from fedge.spec import ModelSpec
 from fedge.tally import RejectionTally
@@ -967,7 +968,9 @@ class EdgeAgent:
         seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
         halt = self._halt
         codec = resolve_codec(ann.codec)
-        base_weights = state_tensors(self.model, trainable_only=True) if codec.delta else None
+        dp = ann.training.dp
+        round_weights = state_tensors(self.model, trainable_only=True)
+        base_weights = round_weights if codec.delta else None
         key = _residual_key(self.model.spec, codec)
         residual = self.store.load_residual(key) if codec.error_feedback else None
         budget = ann.deadline - self.clock()
@@ -993,9 +996,17 @@ class EdgeAgent:
                 "val_examples": float(before.num_examples),
                 "train_steps": float(result.steps),
             }
+            weights = state_tensors(local, trainable_only=True)
+            if dp is not None:
+                # Client-level DP on the device: clip the change and add Gaussian noise here,
+                # where the aggregator cannot take it out. The generator is seeded from the
+                # OS, never from the device's reproducible seed (noise one could regenerate
+                # could be subtracted).
+                weights = privatize_update(
+                    weights, round_weights, dp, rng=np.random.default_rng()
+                )
             compressed = compress_update(
-                state_tensors(local, trainable_only=True), codec=codec, base=base_weights,
-                residual=residual, seed=seed,
+                weights, codec=codec, base=base_weights, residual=residual, seed=seed,
             )
             new_residual.append(compressed.residual)
             # All local work of the round (data, training, encoding): what the round
