@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tenacity
+import torch
 
 from edge_agent.maintenance import Maintenance
 from edge_agent.model_gate import ModelGate
@@ -186,6 +187,7 @@ class EdgeAgent:
         # error-feedback residual (the store belongs to this thread, not the trainer's).
         self._commit: tuple[int, Callable[[], None]] | None = None
         self._postponed: int | None = None
+        self._local: tuple[ModelSpec, FaultModel, torch.Tensor] | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
         self._current_cycle: int | None = None
@@ -962,7 +964,7 @@ class EdgeAgent:
         if len(train) == 0:
             return None
         base = {k: v.detach().clone() for k, v in self.model.named_parameters()}
-        local = build_model(self.model.spec)
+        local = self._training_model(self.model.spec)
         local.load_state_dict(self.model.state_dict())
         # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
         seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
@@ -1023,6 +1025,21 @@ class EdgeAgent:
                 lambda: self.store.save_residual(key, new_residual[0] if new_residual else None),
             )
         return run
+
+    def _training_model(self, spec: ModelSpec) -> FaultModel:
+        """The model a round trains (a copy of ``self.model``'s architecture), reused.
+
+        One job runs at a time, so one model per spec serves every round; building it
+        again cost ~1 ms a round, half of it in ``torch.manual_seed``. The global torch
+        RNG (dropout draws from it) is left exactly as ``build_model`` leaves it, so a
+        round trains bit for bit as it did with a freshly built model.
+        """
+        cached = self._local
+        if cached is None or cached[0] != spec:
+            model = build_model(spec)
+            cached = self._local = (spec, model, torch.get_rng_state())
+        torch.set_rng_state(cached[2])
+        return cached[1]
 
     def _start_job(self, ann: RoundAnnouncement, job: Callable[[], bytes]) -> None:
         box: list[bytes | BaseException] = []
