@@ -250,7 +250,10 @@ class EdgeAgent:
 
     def _backfill(self) -> None:
         if self._history_units and not self.maintenance.has_lives():
-            self.maintenance.backfill(self.source.history(self._history_units), self.clock())
+            # In the order of the recorded units: lives are numbered (and so trained on
+            # and held out) in that order, as units were before lives existed.
+            runs = sorted(self.source.history(self._history_units), key=lambda run: run.unit)
+            self.maintenance.backfill(runs, self.clock())
 
     def _connect(self) -> None:
         offline = DeviceStatus(fleet=self.config.fleet, device=self.config.device, state="offline")
