@@ -9,6 +9,7 @@ live values from a real pymodbus server or a CSV file through its source plugin.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import struct
 import threading
 import time
@@ -22,7 +23,6 @@ from aggregator.service import AggregatorService
 from broker.mqtt_transport import PahoTransport
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import source_from_table
-from edge_agent.store import ReadingStore
 from fedge.config import AgentConfig, AggregatorConfig, BrokerEndpoint
 from fedge.data.simulator import SENSOR_NAMES, MachineSimulator, SiteProfile, UnitRun
 from fedge.messages import RoundSummary, TrainingConfig
@@ -45,13 +45,11 @@ def _history(seed: int, n: int = 5) -> list[UnitRun]:
     return MachineSimulator(profile=SiteProfile(), seed=seed).units(n)
 
 
-def _import_history(store: ReadingStore, runs: list[UnitRun], order: list[int]) -> None:
-    now = time.time()
-    for run in runs:
-        ts = now - (run.n_cycles - np.arange(run.n_cycles)) * 60.0
-        store.append_unit(
-            unit=run.unit, values=run.sensors[:, order], ts=ts.tolist(), failed=True
-        )
+def _import_history(agent: EdgeAgent, runs: list[UnitRun], order: list[int]) -> None:
+    """Maintenance records imported into the device: lives that ended in failure."""
+    agent.maintenance.backfill(
+        [dataclasses.replace(run, sensors=run.sensors[:, order]) for run in runs], time.time()
+    )
 
 
 def _agent(
@@ -77,7 +75,7 @@ def _agent(
         history_units=history_units,
     )
     if history is not None and channel_order is not None:
-        _import_history(agent.store, history, channel_order)
+        _import_history(agent, history, channel_order)
     return agent
 
 
