@@ -62,6 +62,7 @@ from fedge.messages import (
     encode_message,
 )
 from fedge.models import FaultModel, build_model, load_tensors, state_tensors
+from fedge.privacy import privatize_update
 from fedge.signing import Authenticator, Signer
 from fedge.spec import ModelSpec
 from fedge.tally import RejectionTally
@@ -898,6 +899,8 @@ class EdgeAgent:
         # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
         seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
         halt = self._halt
+        dp = ann.training.dp
+        round_weights = state_tensors(self.model, trainable_only=True) if dp is not None else {}
 
         def run() -> bytes:
             over = time.monotonic() + budget_s
@@ -915,9 +918,15 @@ class EdgeAgent:
                 "val_rmse": before.rmse,
                 "val_examples": float(before.num_examples),
             }
+            weights = state_tensors(local, trainable_only=True)
+            if dp is not None:
+                # Client-level DP on the device: clip the change and add Gaussian noise here,
+                # where the aggregator cannot take it out. The generator is seeded from the
+                # OS, never from the device's reproducible seed (noise one could regenerate
+                # could be subtracted).
+                weights = privatize_update(weights, round_weights, dp, rng=np.random.default_rng())
             return encode_frame(
-                self._header(ann, "update", result.num_examples, metrics),
-                state_tensors(local, trainable_only=True),
+                self._header(ann, "update", result.num_examples, metrics), weights
             )
 
         return run

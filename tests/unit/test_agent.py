@@ -441,3 +441,33 @@ def test_background_training_publishes_when_done(tmp_path: Path) -> None:
     assert agent.stats.answered_rounds == [2]
     agent.stop()
     agent.store.close()
+
+
+def test_a_dp_round_clips_the_update_on_the_device(tmp_path: Path) -> None:
+    from fedge.messages import DpConfig
+
+    broker = InMemoryBroker()
+    server = publisher(broker)
+    rec = Recorder(broker, TOPICS.all_updates)
+    agent = make_agent(tmp_path, broker)
+    agent.start()
+    server.publish(TOPICS.global_model, global_frame(1), retain=True)
+    agent.step()
+    assert agent.model is not None
+    base = state_tensors(agent.model, trainable_only=True)
+    clip = 0.05
+    ann = RoundAnnouncement(
+        fleet=FLEET, round_id=2, task="train", base_version=1, issued_at=time.time(),
+        deadline=time.time() + 60, min_clients=1,
+        training=TrainingConfig(dp=DpConfig(clip_norm=clip, noise_multiplier=0.0,
+                                            expected_clients=1)),
+    )
+    server.publish(TOPICS.round_current, encode_message(ann), retain=True)
+    agent.step()
+    (msg,) = rec.on(TOPICS.update(2, "dev-1"))
+    sent = decode_frame(msg.payload).tensors
+    # Without noise, what leaves the device is the change clipped to clip_norm.
+    norm = float(np.sqrt(sum(np.sum((sent[k].astype(np.float64) - base[k]) ** 2) for k in base)))
+    assert norm == pytest.approx(clip, rel=1e-3)
+    agent.stop()
+    agent.store.close()
