@@ -173,8 +173,9 @@ def render_mosquitto_conf(
         "log_dest stderr",
         "log_type error",
         "log_type warning",
-        # notice: connects and disconnects; "information" would add a line per autosave.
         "log_type notice",
+        # information: reloads (SIGHUP after add/revoke) are logged at this level.
+        "log_type information",
         "connection_messages true",
         "",
         "# The only listener: TLS. There is no plaintext listener.",

@@ -971,13 +971,20 @@ class EdgeAgent:
         halt = self._halt
         codec = resolve_codec(ann.codec)
         dp = ann.training.dp
-        round_weights = state_tensors(self.model, trainable_only=True)
+        # The device's starting weights: needed for DP's clip and a delta codec only.
+        round_weights = (
+            state_tensors(self.model, trainable_only=True)
+            if dp is not None or codec.delta
+            else {}
+        )
         base_weights = round_weights if codec.delta else None
         key = _residual_key(self.model.spec, codec)
         residual = self.store.load_residual(key) if codec.error_feedback else None
-        budget = ann.deadline - self.clock()
-        if self.config.max_train_seconds is not None:
-            budget = min(budget, self.config.max_train_seconds)
+        # Two clocks, on purpose: the device's own ``max_train_seconds`` ends training
+        # early and sends what it has (the busy rule only starts a round whose deadline
+        # is further away than that); ``budget_s`` (the agent's limits and the deadline)
+        # is the safety stop, after which the round is declined as ``train_timeout``.
+        partial_after = self.config.max_train_seconds
         new_residual: list[dict[str, np.ndarray] | None] = []
 
         def run() -> bytes:
@@ -990,7 +997,7 @@ class EdgeAgent:
             before = evaluate(local, holdout)
             result = train_local(
                 local, train, ann.training, seed=seed, reference=base, should_stop=should_stop,
-                time_budget_s=max(budget, 0.0),
+                time_budget_s=partial_after,
             )
             metrics = {
                 "train_loss": result.loss,

@@ -21,7 +21,7 @@ from edge_agent.store import ReadingStore
 from fedge.codec import FrameHeader, encode_frame
 from fedge.config import AgentConfig, BrokerEndpoint, default_fleet_model
 from fedge.data.simulator import SENSOR_NAMES, SiteProfile
-from fedge.messages import DeviceStatus, decode_message
+from fedge.messages import DeviceStatus, Prediction, decode_message
 from fedge.models import build_model, state_tensors
 from fedge.topics import Topics
 from fedge.transport import InboundMessage, InMemoryBroker
@@ -60,10 +60,14 @@ def test_fleet_status_shows_online_offline_models_and_predictions(
     from broker.mqtt_transport import PahoTransport
 
     statuses: dict[str, DeviceStatus] = {}
+    published: list[Prediction] = []
     lock = threading.Lock()
 
     def on_message(msg: InboundMessage) -> None:
-        if msg.topic.endswith("/status"):
+        if msg.topic.endswith("/prediction"):
+            with lock:
+                published.append(decode_message(Prediction, msg.payload))
+        elif msg.topic.endswith("/status"):
             status = decode_message(DeviceStatus, msg.payload)
             with lock:
                 statuses[status.device] = status
@@ -71,6 +75,7 @@ def test_fleet_status_shows_online_offline_models_and_predictions(
     probe = PahoTransport(BrokerEndpoint.from_url(mosquitto.url), client_id="status-probe")
     probe.connect(on_message=on_message)
     probe.subscribe(TOPICS.all_status)
+    probe.subscribe(TOPICS.all_predictions)
     probe.publish(TOPICS.global_model, _global_model(3), retain=True).wait(10)
 
     def agent(device: str) -> FedgeProcess:
@@ -119,7 +124,12 @@ def test_fleet_status_shows_online_offline_models_and_predictions(
     prediction = online["prediction"]
     assert prediction is not None and prediction["model_version"] == 3
     assert prediction["rul"] >= 0 and 0 <= prediction["failure_probability"] <= 1
-    assert prediction["alert"] == (prediction["rul"] < 30.0)  # the agent's alert_rul
+    # The status shows a prediction pump-a really published, alert included (the alert
+    # itself is the agent's k-of-n persistence rule, tested in the agent's own tests).
+    with lock:
+        sent = {(p.ts, p.rul, p.alert) for p in published if p.device == "pump-a"}
+    assert (prediction["ts"], prediction["rul"], prediction["alert"]) in sent, (prediction, sent)
+    assert isinstance(prediction["alert"], bool)
     assert (offline["state"], offline["online"]) == ("offline", False)
     assert offline["prediction"] is None  # its will carries no model or prediction
     assert table.returncode == 0, table.stderr
