@@ -21,9 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aggregator.checkpoint import CheckpointStore
-from aggregator.ingest_identity import IngestInstance
-from aggregator.service import AggregatorService
 from broker.mqtt_transport import PahoTransport
 from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SensorSource, source_from_table
@@ -42,8 +39,13 @@ from fedge.messages import RoundSummary
 from fedge.signing import AGGREGATOR_SIGNER, Authenticator, Signer
 from fedge.transport import Transport
 
-if TYPE_CHECKING:  # the sinks import influxdb-client, a server extra a device lacks
+if TYPE_CHECKING:
+    # Imported where they are built, not here: `fedge agent` imports this module, and a
+    # device must not load the server side (the sinks need influxdb-client, the
+    # aggregator's safeguards dp-accounting: server extras a device lacks).
     from aggregator.ingest import IngestService
+    from aggregator.ingest_identity import IngestInstance
+    from aggregator.service import AggregatorService
     from aggregator.sinks import Sink
 
 __all__ = [
@@ -188,6 +190,9 @@ def build_aggregator(
     authenticator, signer = service_security(
         config.security, fleet=config.fleet, signer=AGGREGATOR_SIGNER
     )
+    from aggregator.checkpoint import CheckpointStore
+    from aggregator.service import AggregatorService
+
     return AggregatorService(
         config,
         transport=transport,
