@@ -484,14 +484,19 @@ class RoundCoordinator:
         self.phase = Phase.COLLECTING
 
     def _is_late(self, parsed: ParsedTopic, current: _OpenRound | None) -> bool:
-        """A reply to a round this aggregator announced and closed (not one still answerable)."""
+        """A reply to a round this aggregator announced and closed (not one still answerable).
+
+        A closed training round stays answerable (stale replies, FedBuff) only while a
+        training round is open to take them: during a statistics or evaluation round,
+        or with no round open, its replies are late.
+        """
         rid = parsed.round_id
-        return (
-            rid is not None
-            and rid <= self.last_round_id
-            and (current is None or rid != current.expect.round_id)
-            and rid not in self._earlier
-        )
+        if rid is None or rid > self.last_round_id:
+            return False
+        if current is not None and rid == current.expect.round_id:
+            return False
+        answerable = current is not None and current.expect.task == "train"
+        return not (answerable and rid in self._earlier)
 
     def _accept(self, current: _OpenRound, parsed: ParsedTopic, payload: bytes, now: float) -> bool:
         """Decode, validate and fold in a reply; False for a copy of one already counted."""
@@ -558,6 +563,12 @@ class RoundCoordinator:
         if header.fleet != self.config.fleet:
             raise UpdateRejectedError(RejectReason.WRONG_FLEET, f"fleet {header.fleet!r}")
         round_id = current.expect.round_id
+        if parsed.round_id in self._earlier and header.round_id == parsed.round_id:
+            # A device declining a round that closed while it thought (FedBuff): nothing
+            # to stop waiting for any more. Counted like any reply to a closed round.
+            raise UpdateRejectedError(
+                RejectReason.LATE, f"decline of round {header.round_id}, closed already"
+            )
         if parsed.round_id != round_id or header.round_id != round_id:
             raise UpdateRejectedError(
                 RejectReason.WRONG_ROUND, f"decline of round {header.round_id}, open is {round_id}"

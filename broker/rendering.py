@@ -41,6 +41,7 @@ def _device_block(root: str, device: str) -> list[str]:
         f"user {device}",
         f"topic write {root}/devices/{device}/#",
         f"topic write {root}/rounds/+/updates/{device}",
+        f"topic write {root}/rounds/+/updates/{device}/chunks",
         f"topic read {root}/rounds/current",
         f"topic read {root}/model/global",
         f"topic read {root}/devices/{device}/events",
@@ -51,10 +52,11 @@ def render_acl(fleet: str, devices: Sequence[str], *, ingest: Sequence[str] = (I
     """The Mosquitto ``acl_file`` for one fleet: one explicit ``user`` block per identity.
 
     - a device writes only under ``devices/<itself>/`` (telemetry, status and its last
-      will, prediction, events) and its own updates ``rounds/<n>/updates/<itself>``;
+      will, prediction, events) and its own updates ``rounds/<n>/updates/<itself>``
+      (and their chunks, ``.../updates/<itself>/chunks``, for brokers with a size cap);
       it reads the round announcement, the global model and its own events topic
       (maintenance events sent by the operator tool);
-    - the aggregator reads device status and every update, writes ``rounds/#``
+    - the aggregator reads device status and every update (and update chunks), writes ``rounds/#``
       (announcements, summaries) and ``model/global``;
     - each ingest identity reads telemetry, predictions, status, events and round
       summaries of every device;
@@ -76,6 +78,7 @@ def render_acl(fleet: str, devices: Sequence[str], *, ingest: Sequence[str] = (I
         f"user {AGGREGATOR}",
         f"topic read {root}/devices/+/status",
         f"topic read {root}/rounds/+/updates/+",
+        f"topic read {root}/rounds/+/updates/+/chunks",
         f"topic write {root}/rounds/#",
         f"topic write {root}/model/global",
     ]

@@ -117,6 +117,8 @@ class AgentStats:
     telemetry_acked: int = 0
     predictions: int = 0
     rounds_answered: int = 0
+    update_chunks_sent: int = 0
+    """Chunk messages of updates too large for the round's ``max_message_bytes``."""
     models_received: int = 0
     rejected_messages: int = 0
     """Inbound messages refused, for any reason but ``version_repeat``."""
@@ -1095,6 +1097,7 @@ class EdgeAgent:
                 chunk_topic = self.topics.update_chunks(ann.round_id, device)
                 for chunk in split_frame(signed, max_message_bytes=limit):
                     self.transport.publish(chunk_topic, chunk)
+                    self.stats.update_chunks_sent += 1
             else:
                 self.transport.publish(topic, signed)
         except TransportError as exc:

@@ -10,9 +10,10 @@ process simulate hundreds of devices before anything is deployed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,11 +69,14 @@ def simulate_fleet(
     sample_interval_s: float = 0.0,
     on_round: Callable[[RoundSummary], None] | None = None,
     timeout_s: float = 3600.0,
+    agent_options: Mapping[str, Any] | None = None,
 ) -> SimulationResult:
     """Run ``config.rounds`` rounds over ``devices``; return the rounds and final weights.
 
     ``sample_interval_s=0`` (the default) streams no live readings: devices learn
-    from their history only, which is what benchmarks want.
+    from their history only, which is what benchmarks want. ``agent_options`` are
+    further :class:`~fedge.config.AgentConfig` fields for every device (validated as
+    the config file's would be), e.g. ``{"model_acceptance_margin": None}``.
     """
     started = time.monotonic()
     broker = InMemoryBroker()
@@ -87,6 +91,7 @@ def simulate_fleet(
             sample_interval_s=sample_interval_s,
             seed=config.seed,
             background_training=False,
+            **dict(agent_options or {}),
         )
         agents.append(
             build_agent(

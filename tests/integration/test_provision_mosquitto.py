@@ -120,7 +120,7 @@ def ingest(fleet: ProvisionedFleet, broker: SecureBroker) -> Iterator[Listener]:
 
 @pytest.fixture
 def aggregator(fleet: ProvisionedFleet, broker: SecureBroker) -> Iterator[Listener]:
-    listener = Listener(fleet, "aggregator", [T.all_status, T.all_updates])
+    listener = Listener(fleet, "aggregator", [T.all_status, T.all_updates, T.all_update_chunks])
     yield listener
     listener.close()
 
@@ -176,6 +176,7 @@ def test_device_cannot_publish_as_another_device_or_the_aggregator(
         T.prediction("pump-02"),
         f"{T.root}/devices/pump-02/events",
         T.update(3, "pump-02"),
+        T.update_chunks(3, "pump-02"),
         T.global_model,
         T.round_current,
         T.round_summary,
@@ -184,8 +185,10 @@ def test_device_cannot_publish_as_another_device_or_the_aggregator(
         attacker.publish(topic, b"forged")
     attacker.publish(T.telemetry("pump-01"), b"sentinel")
     attacker.publish(T.update(3, "pump-01"), b"own-update")
+    attacker.publish(T.update_chunks(3, "pump-01"), b"own-chunk")
     ingest.wait_for(T.telemetry("pump-01"), b"sentinel")
     aggregator.wait_for(T.update(3, "pump-01"), b"own-update")
+    aggregator.wait_for(T.update_chunks(3, "pump-01"), b"own-chunk")
     # The real aggregator announces a round after the forgeries were acknowledged.
     aggregator.transport.publish(T.round_current, b"real-round", qos=1).wait(5.0)
     assert wait_until(lambda: (T.round_current, b"real-round") in victim.received(), timeout=10)

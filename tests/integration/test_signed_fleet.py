@@ -263,7 +263,11 @@ def test_open_broker_attacks_are_refused_and_rounds_complete(
 # (b) The provisioned broker ----------------------------------------------------------------------
 
 
-def test_provisioned_fleet_trains_end_to_end_with_tls_acl_and_signatures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_message_bytes", [None, 8192], ids=["whole", "chunked"])
+def test_provisioned_fleet_trains_end_to_end_with_tls_acl_and_signatures(
+    tmp_path: Path, max_message_bytes: int | None
+) -> None:
+    """Also with a broker-size cap below the update's size: signed chunks pass the ACL."""
     fleet = provision_fleet(
         tmp_path / "fleet",
         fleet=FLEET,
@@ -276,7 +280,9 @@ def test_provisioned_fleet_trains_end_to_end_with_tls_acl_and_signatures(tmp_pat
         assert all(c.broker.tls and c.security.resolved_mode == "verify" for c in configs)
         agents = _start_agents(configs)
         try:
-            service, history = _run_aggregator(_aggregator_config(fleet, tmp_path))
+            service, history = _run_aggregator(
+                _aggregator_config(fleet, tmp_path, max_message_bytes=max_message_bytes)
+            )
             assert service.coordinator.authenticator.mode == "verify"
             assert service.signer.signs
             train = [r for r in history if r.task == "train"]
@@ -287,6 +293,10 @@ def test_provisioned_fleet_trains_end_to_end_with_tls_acl_and_signatures(tmp_pat
             for agent in agents.agents:
                 assert agent.stats.refused.get("unsigned", 0) == 0
                 assert agent.stats.rounds_answered == 3  # stats + two training rounds
+                if max_message_bytes is None:
+                    assert agent.stats.update_chunks_sent == 0
+                else:  # two training updates of ~22 kB each, in chunks of at most 8 kB
+                    assert agent.stats.update_chunks_sent >= 2 * 3
         finally:
             agents.halt()
 

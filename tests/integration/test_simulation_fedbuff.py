@@ -38,7 +38,12 @@ def test_fedbuff_rounds_apply_buffers_of_k_with_stale_replies(tmp_path: Path) ->
             model=ModelSpec(n_features=len(SENSOR_NAMES)), training=TrainingConfig(epochs=2),
             participation="fedbuff", participation_options={"buffer_size": 2.0},
         )
-        result = simulate_fleet(config, devices, workdir=tmp_path)
+        # This test pins FedBuff's mechanics. The devices' model gate stays out of it: a
+        # buffer of 2 of these 3 very unlike sites (5 lives each) moves the early global
+        # model far enough that one site's held-out error doubles, and the gate
+        # (tests/unit/test_agent_security.py) would rightly keep that model out there.
+        result = simulate_fleet(config, devices, workdir=tmp_path,
+                                agent_options={"model_acceptance_margin": None})
     finally:
         torch.set_num_threads(threads)
     rounds = result.rounds

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from aggregator.coordinator import Phase, RoundCoordinator, SaveCheckpoint
+from fedge.codec import FrameHeader, encode_frame
 from fedge.errors import ConfigError, RejectReason, UpdateRejectedError
 from fedge.strategies import PARTICIPATION, FedBuffParticipation, make_participation
 from fedge.strategies.participation import staleness_weight
 from tests.unit.test_coordinator import (
+    FLEET,
     INITIAL_TENSORS,
     T0,
     TOPICS,
@@ -153,3 +155,32 @@ def test_stats_rounds_keep_the_sync_rules() -> None:
 def _visible(effects: list[object]) -> list[object]:
     """Effects other than the journal's (every accepted reply is journaled first)."""
     return [e for e in effects if type(e).__name__ != "JournalUpdate"]
+
+
+def test_a_decline_of_a_round_that_closed_meanwhile_is_late_not_wrong() -> None:
+    coord = _fedbuff()
+    first = announcement(online(coord, "pump-01", "pump-02", "pump-03"))
+    _send(coord, "pump-01", first.round_id, 0, 1.0, T0 + 1)
+    _send(coord, "pump-02", first.round_id, 0, 1.0, T0 + 2)  # K = 2: round 1 closed
+    assert coord.open is not None and coord.open.expect.round_id == first.round_id + 1
+    # pump-03 refused round 1's base model and says so, after round 1 closed.
+    header = FrameHeader(kind="decline", fleet=FLEET, device="pump-03",
+                         round_id=first.round_id, base_version=0, created_at=T0,
+                         reason="model_refused")
+    assert coord.handle(TOPICS.update(first.round_id, "pump-03"), encode_frame(header, {}),
+                        T0 + 3) == []
+    assert coord.rejected_total == {"late": 1}
+    assert coord.open.rejected == {"late": 1} and coord.open.declined == set()
+
+
+def test_a_stale_training_reply_during_the_final_evaluation_is_late() -> None:
+    coord = make(rounds=1, participation="fedbuff", final_evaluation=True,
+                 participation_options={"buffer_size": 2.0, "max_staleness": 2.0})
+    first = announcement(online(coord, "pump-01", "pump-02", "pump-03"))
+    _send(coord, "pump-01", first.round_id, 0, 1.0, T0 + 1)
+    _send(coord, "pump-02", first.round_id, 0, 1.0, T0 + 2)  # the only training round
+    assert coord.open is not None and coord.open.expect.task == "evaluate"
+    # pump-03's training reply to round 1 has no training round to count in any more.
+    assert _send(coord, "pump-03", first.round_id, 0, 4.0, T0 + 3) == []
+    assert coord.rejected_total == {"late": 1}
+    assert coord.open.counted == 0

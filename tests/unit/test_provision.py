@@ -72,6 +72,7 @@ def test_acl_lines_are_exactly_the_policy(fleet: ProvisionedFleet) -> None:
         "user aggregator",
         f"topic read {r}/devices/+/status",
         f"topic read {r}/rounds/+/updates/+",
+        f"topic read {r}/rounds/+/updates/+/chunks",
         f"topic write {r}/rounds/#",
         f"topic write {r}/model/global",
         "user ingest",
@@ -85,12 +86,14 @@ def test_acl_lines_are_exactly_the_policy(fleet: ProvisionedFleet) -> None:
         "user pump-01",
         f"topic write {r}/devices/pump-01/#",
         f"topic write {r}/rounds/+/updates/pump-01",
+        f"topic write {r}/rounds/+/updates/pump-01/chunks",
         f"topic read {r}/rounds/current",
         f"topic read {r}/model/global",
         f"topic read {r}/devices/pump-01/events",
         "user pump-02",
         f"topic write {r}/devices/pump-02/#",
         f"topic write {r}/rounds/+/updates/pump-02",
+        f"topic write {r}/rounds/+/updates/pump-02/chunks",
         f"topic read {r}/rounds/current",
         f"topic read {r}/model/global",
         f"topic read {r}/devices/pump-02/events",
@@ -119,6 +122,7 @@ def test_acl_device_blocks_write_only_below_the_device_itself(devices: list[str]
         assert writes == [
             f"fedge/v1/f1/devices/{device}/#",
             f"fedge/v1/f1/rounds/+/updates/{device}",
+            f"fedge/v1/f1/rounds/+/updates/{device}/chunks",
         ]
         assert all(ln.split()[1] in ("read", "write") for ln in blocks[device])
     assert not any(line.startswith("pattern") for line in render_acl("f1", devices).splitlines())
