@@ -222,20 +222,26 @@ class AggregatorService:
 
     # Lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect, subscribe, publish the current global model (and a resumed round).
+        """Subscribe, connect, publish the current global model (and a resumed round).
 
-        ``rounds/current`` is subscribed first: its retained announcement (the fleet's
-        newest round) arrives before any status can open a round.
+        ``rounds/current`` is subscribed first, so its retained announcement (the
+        fleet's newest round) comes before the retained statuses. Replies and statuses
+        queued in the session while the aggregator was down may come even earlier:
+        the coordinator re-announces a round it opened under an id the broker's
+        announcement shows taken (:meth:`RoundCoordinator.on_announcement`).
         """
         try:
             self.journal.prune(up_to=self._checkpoint_round)  # left by a crash after a save
         except StorageError as exc:
             self._journal_failed(exc)
-        self.transport.connect(on_message=self._inbox.put)
+        # Subscribed before connecting: the persistent session hands over the replies
+        # queued while this aggregator was down right after CONNACK, and a transport
+        # drops (and acknowledges) a message on a topic it is not subscribed to.
         self.transport.subscribe(self.topics.round_current)
         self.transport.subscribe(self.topics.all_status)
         self.transport.subscribe(self.topics.all_updates)
         self.transport.subscribe(self.topics.all_update_chunks)
+        self.transport.connect(on_message=self._inbox.put)
         self._execute(self.coordinator.start(self.clock()))
 
     def step(self, *, timeout: float = 0.1) -> None:

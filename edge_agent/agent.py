@@ -296,13 +296,16 @@ class EdgeAgent:
         topic = self.topics.status(self.config.device)
         # Signed now: the broker publishes the will later, when the agent is gone.
         will = self.signer.sign(topic, encode_message(offline), now=self.clock())
-        self.transport.connect(on_message=self._inbox.put, will=Will(topic, will, retain=True))
+        # Subscribed before connecting: what the persistent session queued while the
+        # agent was away (operator events) comes right after CONNACK, and a transport
+        # drops a message on a topic it is not subscribed to.
         self.transport.subscribe(self.topics.global_model)
         self.transport.subscribe(self.topics.round_current)
         if self.authenticator.mode == "off":
             # Operator events over MQTT (unsigned fleets only: in verify mode events come
             # through the agent's store, `fedge agent event`, which needs no signature).
             self.transport.subscribe(self.topics.events(self.config.device))
+        self.transport.connect(on_message=self._inbox.put, will=Will(topic, will, retain=True))
         self._publish(topic, self._status("online"), retain=True)
 
     def _connect_with_retry(self, stop: threading.Event) -> bool:
