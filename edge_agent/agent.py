@@ -435,6 +435,7 @@ class EdgeAgent:
         it brought, the round it announced) runs inside :meth:`_contained`: an error
         is logged and counted, and the agent carries on.
         """
+        self._watch_connection()  # before the inbox: the ack after a reconnect is in it
         for msg in drain(self._inbox, timeout=timeout):
             self._contained(self._handle, msg)
         now = self.clock()
@@ -705,19 +706,28 @@ class EdgeAgent:
             self.stats.stored_acks += 1
             self.store.confirm_stored(mark.through_seq, mark.through_ts)
 
+    def _watch_connection(self) -> None:
+        """Tell the confirmation state about a new connection (the transport's counter)."""
+        confirm = self.confirm
+        reconnects = self.transport.reconnects
+        if confirm.subscribes and confirm.new_connection(reconnects):
+            try:
+                newest = self.store.newest_unconfirmed()
+            except StorageError as exc:
+                self.stats.last_error = str(exc)
+                return  # noticed again at the next step
+            confirm.on_connection(reconnects, now=self.clock(), sent_through=newest)
+
     def _resend_if_due(self, now: float) -> None:
         """Confirm mode: after a (re)connect or a timeout, send the unconfirmed again."""
         confirm = self.confirm
-        if not confirm.subscribes:
-            return
-        confirm.on_connection(self.transport.reconnects, now=now)
         if not confirm.active:
             return
         try:
-            why = confirm.tick(now=now, unconfirmed=self.store.unconfirmed_count())
-            if why is None:
+            order = confirm.tick(now=now, unconfirmed=self.store.unconfirmed_count())
+            if order is None:
                 return
-            resent = self.store.resend_unconfirmed()
+            resent = self.store.resend_unconfirmed(through_seq=order.through_seq)
         except StorageError as exc:
             self.stats.last_error = str(exc)
             return
@@ -726,7 +736,7 @@ class EdgeAgent:
             "%s: re-sending %d reading(s) ingest has not confirmed (%s)",
             self.config.device,
             resent,
-            why.value,
+            order.reason.value,
         )
 
     def _ack_telemetry(self, *, wait: float) -> None:

@@ -133,15 +133,24 @@ class TelemetryStates:
         self._watermark = (through_seq, through_ts)
         return int(cur.rowcount)
 
-    def resend_unconfirmed(self) -> int:
-        """SENT -> UNSENT: the broker may have lost them; returns how many."""
+    def resend_unconfirmed(self, *, through_seq: int | None = None) -> int:
+        """SENT -> UNSENT (those with ``seq <= through_seq``): the broker may have lost
+        them, they go again; returns how many."""
+        sql, args = "UPDATE readings SET sent = 0 WHERE sent = 1", list[int]()
+        if through_seq is not None:
+            sql, args = sql + " AND seq <= ?", [through_seq]
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                cur = self._db.execute("UPDATE readings SET sent = 0 WHERE sent = 1")
+                cur = self._db.execute(sql, args)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot queue readings for re-sending: {exc}") from exc
         return int(cur.rowcount)
+
+    def newest_unconfirmed(self) -> int | None:
+        """The highest seq in state SENT (None: none)."""
+        row = self._db.execute("SELECT MAX(seq) FROM readings WHERE sent = 1").fetchone()
+        return None if row[0] is None else int(row[0])
 
     def stored_watermark(self) -> tuple[int, float] | None:
         """The last watermark :meth:`confirm_stored` applied: ``(through_seq, through_ts)``."""

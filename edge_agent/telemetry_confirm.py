@@ -31,9 +31,11 @@ counter; see :class:`~fedge.messages.StoredAck`).
 Re-sends (:meth:`TelemetryConfirm.tick`), only in confirm mode:
 
 * *after a connection*: the first one and every reconnect (the broker may have
-  died: a reconnect is all the agent sees of that). The agent waits for the retained
-  ack that follows the subscription, so what it covers is not sent again, at most
-  ``settle_s``; then every unconfirmed reading goes again.
+  died: a reconnect is all the agent sees of that). What was unconfirmed when the
+  connection changed (up to the newest seq the broker had acknowledged then) goes
+  again, once the retained ack that follows the subscription has come (what it
+  covers is not sent again), or ``settle_s`` after the change without one.
+  Readings acknowledged on the new connection are not re-sent.
 * *on timeout*: readings have been unconfirmed for ``timeout_s`` and the watermark
   did not move meanwhile (a gap at ingest that only a re-send fills: a message lost
   without a reconnect). Each timeout re-send without progress doubles the next wait,
@@ -59,6 +61,7 @@ __all__ = [
     "MAX_BACKOFF",
     "ConfirmMode",
     "Resend",
+    "ResendOrder",
     "TelemetryConfirm",
     "Watermark",
 ]
@@ -77,10 +80,18 @@ class Watermark:
 
 
 class Resend(StrEnum):
-    """Why :meth:`TelemetryConfirm.tick` says to re-send the unconfirmed readings now."""
+    """Why :meth:`TelemetryConfirm.tick` says to re-send unconfirmed readings now."""
 
     CONNECTED = "connected"
     TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class ResendOrder:
+    """Re-send the unconfirmed (SENT) readings with ``seq <= through_seq`` (None: all)."""
+
+    reason: Resend
+    through_seq: int | None = None
 
 
 class TelemetryConfirm:
@@ -110,6 +121,7 @@ class TelemetryConfirm:
         """Acks that moved the watermark."""
         self._seen_reconnects: int | None = None
         self._connected_at: float | None = None
+        self._sent_through: int | None = None
         self._acked_since_connect = False
         self._progress_at: float | None = None
         self._unconfirmed_since: float | None = None
@@ -158,27 +170,33 @@ class TelemetryConfirm:
         self._progress(now)
         return mark
 
-    def on_connection(self, reconnects: int, *, now: float) -> None:
-        """The transport's reconnect counter, read at every tick: its first value and
-        every change start a wait for the re-send after a connection."""
-        if reconnects == self._seen_reconnects:
-            return
+    def new_connection(self, reconnects: int) -> bool:
+        """Whether the transport's reconnect counter shows a connection not seen yet (its
+        first value counts: the first connection after a start)."""
+        return reconnects != self._seen_reconnects
+
+    def on_connection(self, reconnects: int, *, now: float, sent_through: int | None) -> None:
+        """A new connection (:meth:`new_connection`): ``sent_through`` is the newest seq
+        the broker had acknowledged that is still unconfirmed (None: none), what the
+        re-send after it covers."""
         self._seen_reconnects = reconnects
         self._connected_at = now
+        self._sent_through = sent_through
         self._acked_since_connect = False
 
-    def tick(self, *, now: float, unconfirmed: int) -> Resend | None:
-        """Whether to re-send the ``unconfirmed`` (SENT) readings now; the caller does it."""
+    def tick(self, *, now: float, unconfirmed: int) -> ResendOrder | None:
+        """What to re-send now, if anything (the caller does it); ``unconfirmed`` is the
+        number of SENT readings."""
         if not self.active:
             return None
         if self._connected_at is not None:
             if not self._acked_since_connect and now - self._connected_at < self.settle_s:
                 return None  # the retained ack may still come: it spares re-sends
             self._connected_at = None
-            if not unconfirmed:
+            if not unconfirmed or self._sent_through is None:
                 return None
             self._progress_at = now  # the re-sent readings get a full timeout
-            return Resend.CONNECTED
+            return ResendOrder(Resend.CONNECTED, self._sent_through)
         if unconfirmed == 0:
             self._unconfirmed_since = None
             return None
@@ -189,7 +207,7 @@ class TelemetryConfirm:
             return None
         self._backoff = min(2 * self._backoff, MAX_BACKOFF)
         self._progress_at = now
-        return Resend.TIMEOUT
+        return ResendOrder(Resend.TIMEOUT)
 
     def _progress(self, now: float) -> None:
         self._progress_at = now

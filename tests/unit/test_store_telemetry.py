@@ -75,6 +75,15 @@ def test_resend_moves_only_unconfirmed_rows_back(store: ReadingStore) -> None:
     assert store.resend_unconfirmed() == 0
 
 
+def test_resend_after_a_connection_stops_at_a_seq(store: ReadingStore) -> None:
+    _append(store, [TS, TS + 1, TS + 2, TS + 3])
+    assert store.newest_unconfirmed() is None
+    store.mark_sent([1, 2, 4])
+    assert store.newest_unconfirmed() == 4
+    assert store.resend_unconfirmed(through_seq=2) == 2
+    assert _states(store) == {1: UNSENT, 2: UNSENT, 3: UNSENT, 4: SENT}
+
+
 def test_mark_sent_never_takes_a_stored_reading_back(store: ReadingStore) -> None:
     _append(store, [TS, TS + 1])
     store.mark_sent([1])

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.telemetry_confirm import MAX_BACKOFF, Resend, TelemetryConfirm, Watermark
+from edge_agent.telemetry_confirm import (
+    MAX_BACKOFF,
+    Resend,
+    ResendOrder,
+    TelemetryConfirm,
+    Watermark,
+)
 from fedge.errors import RefusalReason, RefusedError
 from fedge.messages import StoredAck
 
@@ -68,56 +74,72 @@ def test_a_restarted_counter_moves_the_watermark_back_in_seq_forward_in_time() -
     assert c.on_ack(ack(12, TS + 40), now=2.0) == Watermark(12, TS + 40)
 
 
+CONNECTED_THROUGH_9 = ResendOrder(Resend.CONNECTED, 9)
+TIMEOUT = ResendOrder(Resend.TIMEOUT)
+
+
 def test_after_a_connection_resend_once_the_retained_ack_came() -> None:
     c = confirm(mode="on", settle_s=2.0)
-    c.on_connection(0, now=10.0)
+    assert c.new_connection(0)  # the first connection counts
+    c.on_connection(0, now=10.0, sent_through=9)
+    assert not c.new_connection(0)
     assert c.tick(now=10.5, unconfirmed=4) is None  # waiting for the retained ack
     c.on_ack(ack(3, TS), now=10.6)
-    assert c.tick(now=10.7, unconfirmed=4) is Resend.CONNECTED
+    assert c.tick(now=10.7, unconfirmed=4) == CONNECTED_THROUGH_9
     assert c.tick(now=10.8, unconfirmed=4) is None  # once per connection
-    c.on_connection(0, now=11.0)  # the same counter: no new connection
-    assert c.tick(now=20.0, unconfirmed=4) is None
+    assert c.new_connection(1)
 
 
 def test_a_stale_ack_after_a_reconnect_also_ends_the_wait() -> None:
     c = confirm(settle_s=2.0)
     c.on_ack(ack(10, TS + 10), now=0.0)
-    c.on_connection(1, now=5.0)
+    c.on_connection(1, now=5.0, sent_through=9)
     with pytest.raises(RefusedError):
         c.on_ack(ack(8, TS + 8), now=5.1)  # a broker back from an older snapshot
-    assert c.tick(now=5.2, unconfirmed=3) is Resend.CONNECTED
+    assert c.tick(now=5.2, unconfirmed=3) == CONNECTED_THROUGH_9
 
 
 def test_without_an_ack_the_resend_goes_after_settle_s() -> None:
     c = confirm(mode="on", settle_s=2.0)
-    c.on_connection(3, now=10.0)
+    c.on_connection(3, now=10.0, sent_through=9)
     assert c.tick(now=11.9, unconfirmed=1) is None
-    assert c.tick(now=12.0, unconfirmed=1) is Resend.CONNECTED
+    assert c.tick(now=12.0, unconfirmed=1) == CONNECTED_THROUGH_9
 
 
 def test_nothing_unconfirmed_nothing_to_resend_after_a_connection() -> None:
     c = confirm(mode="on", settle_s=0.0)
-    c.on_connection(0, now=0.0)
-    assert c.tick(now=0.0, unconfirmed=0) is None
-    c.on_connection(1, now=1.0)
-    assert c.tick(now=1.0, unconfirmed=2) is Resend.CONNECTED
+    c.on_connection(0, now=0.0, sent_through=None)
+    # Readings acknowledged on the new connection are not re-sent after it.
+    assert c.tick(now=0.0, unconfirmed=2) is None
+    c.on_connection(1, now=1.0, sent_through=9)
+    assert c.tick(now=1.0, unconfirmed=0) is None
+    c.on_connection(2, now=2.0, sent_through=9)
+    assert c.tick(now=2.0, unconfirmed=2) == CONNECTED_THROUGH_9
+
+
+def test_auto_mode_resends_after_the_connection_once_the_first_ack_switched_it_on() -> None:
+    c = confirm(settle_s=2.0)
+    c.on_connection(0, now=0.0, sent_through=9)  # readings from before a restart
+    assert c.tick(now=5.0, unconfirmed=4) is None  # no ack yet: not confirming
+    c.on_ack(ack(7, TS), now=6.0)
+    assert c.tick(now=6.1, unconfirmed=2) == CONNECTED_THROUGH_9
 
 
 def test_timeout_resend_only_while_the_watermark_does_not_move() -> None:
     c = confirm(mode="on", timeout_s=30.0)
     assert c.tick(now=0.0, unconfirmed=5) is None  # unconfirmed since 0
     assert c.tick(now=29.9, unconfirmed=5) is None
-    assert c.tick(now=30.0, unconfirmed=5) is Resend.TIMEOUT
+    assert c.tick(now=30.0, unconfirmed=5) == TIMEOUT
     # No progress since: the next wait is twice as long (60 s from the re-send).
     assert c.next_timeout_s == 60.0
     assert c.tick(now=89.9, unconfirmed=5) is None
-    assert c.tick(now=90.0, unconfirmed=5) is Resend.TIMEOUT
+    assert c.tick(now=90.0, unconfirmed=5) == TIMEOUT
     assert c.next_timeout_s == 120.0
     # The watermark moves at 100: back to 30 s, counted from then.
     c.on_ack(ack(5, TS), now=100.0)
     assert c.next_timeout_s == 30.0
     assert c.tick(now=129.9, unconfirmed=5) is None
-    assert c.tick(now=130.0, unconfirmed=5) is Resend.TIMEOUT
+    assert c.tick(now=130.0, unconfirmed=5) == TIMEOUT
 
 
 def test_timeout_counts_from_when_readings_became_unconfirmed() -> None:
@@ -125,7 +147,7 @@ def test_timeout_counts_from_when_readings_became_unconfirmed() -> None:
     assert c.tick(now=0.0, unconfirmed=0) is None
     assert c.tick(now=50.0, unconfirmed=2) is None  # just sent: the clock starts now
     assert c.tick(now=79.0, unconfirmed=2) is None
-    assert c.tick(now=80.0, unconfirmed=2) is Resend.TIMEOUT
+    assert c.tick(now=80.0, unconfirmed=2) == TIMEOUT
     assert c.tick(now=81.0, unconfirmed=0) is None  # all confirmed: the clock stops
 
 
@@ -135,17 +157,17 @@ def test_backoff_is_capped() -> None:
     c.tick(now=now, unconfirmed=1)
     for _ in range(10):
         now += c.next_timeout_s
-        assert c.tick(now=now, unconfirmed=1) is Resend.TIMEOUT
+        assert c.tick(now=now, unconfirmed=1) == TIMEOUT
     assert c.next_timeout_s == MAX_BACKOFF * 1.0
 
 
 def test_a_resend_after_a_connection_restarts_the_timeout() -> None:
     c = confirm(mode="on", timeout_s=30.0, settle_s=0.0)
     c.tick(now=0.0, unconfirmed=1)
-    c.on_connection(1, now=25.0)
-    assert c.tick(now=25.0, unconfirmed=1) is Resend.CONNECTED
+    c.on_connection(1, now=25.0, sent_through=9)
+    assert c.tick(now=25.0, unconfirmed=1) == CONNECTED_THROUGH_9
     assert c.tick(now=54.9, unconfirmed=1) is None
-    assert c.tick(now=55.0, unconfirmed=1) is Resend.TIMEOUT
+    assert c.tick(now=55.0, unconfirmed=1) == TIMEOUT
 
 
 def test_bad_settings_are_refused() -> None:
