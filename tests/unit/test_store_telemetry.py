@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from edge_agent.store import ReadingStore, TelemetryState
+from edge_agent.store_status import read_store_status
+from fedge_app.status_views import store_lines
 
 TS = 1_700_000_000.0
 UNSENT, SENT, STORED = TelemetryState.UNSENT, TelemetryState.SENT, TelemetryState.STORED
@@ -144,21 +146,26 @@ def test_every_state_is_training_history(store: ReadingStore) -> None:
     np.testing.assert_array_equal(store.unit_data(1).cycles, [0, 1, 2])
 
 
-def test_a_store_from_before_the_states_counts_its_sent_rows_as_confirmed(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(
-        """
-        CREATE TABLE readings (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT, unit INTEGER NOT NULL,
-            cycle INTEGER NOT NULL, ts REAL NOT NULL, vals BLOB NOT NULL,
-            sent INTEGER NOT NULL DEFAULT 0);
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO meta VALUES ('n_features', '2');
-        """
+def test_agent_status_shows_unsent_unconfirmed_and_the_watermark(tmp_path: Path) -> None:
+    store = ReadingStore(tmp_path / "a.sqlite", n_features=2)
+    _append(store, [TS, TS + 1, TS + 2, TS + 3])
+    store.mark_sent([1, 2, 3])
+    store.confirm_stored(1, TS)
+    status = read_store_status(tmp_path / "a.sqlite")  # read-only, next to the open store
+    store.close()
+    assert (status.unsent, status.unconfirmed, status.confirmed_through_seq) == (1, 2, 1)
+    assert store_lines(status)[1] == (
+        "telemetry: unconfirmed 2 (acknowledged by the broker, not yet confirmed stored by "
+        "ingest), confirmed through seq 1"
     )
+
+
+def _old_store(path: Path) -> None:
+    """A store as the agent before the telemetry states left it: ``sent`` 1 = the broker
+    acknowledged it, no ``telemetry_states`` key in meta."""
+    ReadingStore(path, n_features=2).close()
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM meta WHERE key = 'telemetry_states'")
     blob = np.zeros(2, "<f4").tobytes()
     db.executemany(
         "INSERT INTO readings (unit, cycle, ts, vals, sent) VALUES (1, ?, ?, ?, ?)",
@@ -166,6 +173,16 @@ def test_a_store_from_before_the_states_counts_its_sent_rows_as_confirmed(
     )
     db.commit()
     db.close()
+
+
+def test_a_store_from_before_the_states_counts_its_sent_rows_as_confirmed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite"
+    _old_store(path)
+    # Read before any agent opened (and migrated) it: sent rows are not "unconfirmed".
+    old = read_store_status(path)
+    assert (old.unsent, old.unconfirmed, old.confirmed_through_seq) == (1, 0, None)
     store = ReadingStore(path, n_features=2)
     # The old agent forgot the broker-acknowledged rows: stored. The unsent one waits.
     assert _states(store) == {1: STORED, 2: STORED, 3: UNSENT}
