@@ -711,12 +711,17 @@ class EdgeAgent:
         confirm = self.confirm
         reconnects = self.transport.reconnects
         if confirm.subscribes and confirm.new_connection(reconnects):
+            # PUBACKs of the old connection may have come after the last flush: take
+            # them first, they belong to what a dead broker may have lost.
+            self._ack_telemetry(wait=0.0)
             try:
                 newest = self.store.newest_unconfirmed()
             except StorageError as exc:
                 self.stats.last_error = str(exc)
                 return  # noticed again at the next step
             confirm.on_connection(reconnects, now=self.clock(), sent_through=newest)
+            log.debug("%s: connection %d, unconfirmed through seq %s", self.config.device,
+                      reconnects, newest)
 
     def _resend_if_due(self, now: float) -> None:
         """Confirm mode: after a (re)connect or a timeout, send the unconfirmed again."""
