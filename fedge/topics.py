@@ -9,6 +9,7 @@ topic                                 from    QoS  retained
 ``devices/<device>/status``           agent   1    yes
 ``devices/<device>/prediction``       agent   1    no
 ``devices/<device>/events``           both    1    no
+``devices/<device>/stored``           ingest  1    yes
 ``rounds/current``                    aggr.   1    yes
 ``rounds/<round>/updates/<device>``   agent   1    no
 ``rounds/summary``                    aggr.   1    no
@@ -103,6 +104,7 @@ class Topics:
         """Maintenance events of one machine: published by its agent (failures the source
         reported, events recorded with ``fedge agent event``) and by operator tools."""
         return self._device(device, "events")
+
     def stored(self, device: str) -> str:
         """Retained by ingest: how far the device's telemetry is durably stored (StoredAck)."""
         return self._device(device, "stored")
