@@ -25,7 +25,6 @@ readings (> 0), so the scenario really loses what confirmations recover.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -33,13 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.agent import EdgeAgent
-from edge_agent.sources import SensorSample, SimulatedSensorSource
-from edge_agent.store_status import read_store_status
-from fedge.config import AgentConfig, BrokerEndpoint
-from fedge.data.simulator import SiteProfile
 from fedge_app.servers import Mosquitto
-from fedge_app.wiring import agent_transport, build_agent
+from tests.integration.agent_support import AgentThread
 from tests.integration.chaos_support import IngestProcess, sqlite_seqs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -49,71 +43,18 @@ CONFIRMING = ("pump-01", "pump-02", "pump-03")
 CONTROL = "pump-off"
 
 
-class GatedSource(SimulatedSensorSource):
-    """A simulated pump that gives readings only while ``gate`` is set."""
-
-    def __init__(self, *, gate: threading.Event, seed: int) -> None:
-        super().__init__(profile=SiteProfile(), seed=seed)
-        self.gate = gate
-
-    def read(self) -> SensorSample | None:  # type: ignore[override]
-        return super().read() if self.gate.is_set() else None
-
-
-class RunningAgent:
-    """An EdgeAgent on its own thread, as ``fedge agent`` runs it."""
-
-    def __init__(self, tmp: Path, url: str, device: str, *, gate: threading.Event, mode: str):
-        self.store_path = tmp / f"{device}.sqlite"
-        cfg = AgentConfig(
-            fleet=FLEET,
-            device=device,
-            broker=BrokerEndpoint.from_url(url),
-            store_path=self.store_path,
-            sample_interval_s=0.02,
-            telemetry_interval_s=0.2,
-            status_interval_s=5.0,
-            health_enabled=False,
-            telemetry_confirm=mode,  # type: ignore[arg-type]
-            # Longer than the test: the re-send after the reconnect must do it all.
-            telemetry_confirm_timeout_s=600.0,
-            reconnect_initial_s=0.5,
-        )
-        self.device = device
-        self.agent: EdgeAgent = build_agent(
-            cfg,
-            transport=agent_transport(cfg),
-            source=GatedSource(gate=gate, seed=len(device) + int(device[-1], 36)),
-        )
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, name=device, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.agent.run(self.stop)
-        except BaseException as exc:  # reported by the test
-            self.errors.append(exc)
-
-    def start(self) -> RunningAgent:
-        self.thread.start()
-        return self
-
-    def status(self) -> tuple[int, int, int | None]:
-        """(unsent, unconfirmed, confirmed through seq), read-only from its store."""
-        s = read_store_status(self.store_path)
-        return s.unsent, s.unconfirmed, s.confirmed_through_seq
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(15.0)
-
-    def seqs(self) -> list[int]:
-        db = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True)
-        try:
-            return [int(r[0]) for r in db.execute("SELECT seq FROM readings ORDER BY seq")]
-        finally:
-            db.close()
+def _agent(root: Path, url: str, device: str, gate: threading.Event, mode: str) -> AgentThread:
+    return AgentThread(
+        root,
+        url,
+        FLEET,
+        device,
+        gate=gate,
+        seed=sum(device.encode()),
+        telemetry_confirm=mode,
+        # Longer than the test: the re-send after the reconnect must do it all.
+        telemetry_confirm_timeout_s=600.0,
+    )
 
 
 def test_confirming_agents_lose_nothing_to_a_broker_kill(tmp_path: Path) -> None:
@@ -139,10 +80,8 @@ def test_confirming_agents_lose_nothing_to_a_broker_kill(tmp_path: Path) -> None
     )
     gate = threading.Event()
     gate.set()
-    agents = [
-        RunningAgent(tmp_path, broker.url, d, gate=gate, mode="auto") for d in CONFIRMING
-    ]
-    control = RunningAgent(tmp_path, broker.url, CONTROL, gate=gate, mode="off")
+    agents = [_agent(tmp_path, broker.url, d, gate, "auto") for d in CONFIRMING]
+    control = _agent(tmp_path, broker.url, CONTROL, gate, "off")
     everyone = [*agents, control]
     try:
         ingest.start()
@@ -192,7 +131,7 @@ def test_confirming_agents_lose_nothing_to_a_broker_kill(tmp_path: Path) -> None
     lines = []
     for a in agents:
         stored = Counter({seq: n for (device, seq), n in got.items() if device == a.device})
-        mine = a.seqs()
+        mine = list(a.states())
         assert len(mine) > 400  # ~8 s at 50 Hz
         missing = [s for s in mine if stored[s] == 0]
         doubled = {s: n for s, n in stored.items() if n > 1}
@@ -200,7 +139,7 @@ def test_confirming_agents_lose_nothing_to_a_broker_kill(tmp_path: Path) -> None
         lines.append(f"{a.device}: {len(mine)} readings, resent {resent[a.device]}, "
                      f"missing {len(missing)}, doubled {len(doubled)}")
         assert (missing, doubled, unknown) == ([], {}, [])
-    mine = control.seqs()
+    mine = list(control.states())
     lost = [s for s in mine if got.get((CONTROL, s), 0) == 0]
     assert all(got.get((CONTROL, s), 0) <= 1 for s in mine)
     print("\n" + "\n".join(lines) + f"\n{CONTROL} (PUBACK only): {len(mine)} readings, "

@@ -9,10 +9,11 @@ number their readings. Two kinds of publisher:
   with ``telemetry_confirm = "off"``, or whose ingest runs without ``--stored-acks``):
   a reading is done once the broker acknowledged it. Mosquitto acknowledges from
   memory, so a reading it acknowledged in the last snapshot period before the kill,
-  and had not yet handed to ingest, can be lost whatever ingest does. Asserted exactly: every reading the broker
-  acknowledged at least ``WINDOW`` (2.5 s: the 2 s snapshot period plus margin)
-  before the kill, or at any time after the restart, is stored exactly once; any
-  reading not stored was acknowledged inside that window; none is stored twice.
+  and had not yet handed to ingest, can be lost whatever ingest does. Asserted
+  exactly: every reading the broker acknowledged at least ``WINDOW`` (2.5 s: the 2 s
+  snapshot period plus margin) before the kill, or at any time after the restart, is
+  stored exactly once; any reading not stored was acknowledged inside that window;
+  none is stored twice.
 * *Confirming* ones play the agent's side of ingest's stored-up-to watermark, as
   :class:`~edge_agent.agent.EdgeAgent` does in confirm mode: they keep readings until
   covered and re-send the uncovered ones after a reconnect. Asserted: every reading
