@@ -63,7 +63,14 @@ from fedge.privacy import privatize_update
 from fedge.privacy.accountant import PrivacyAccountant, noise_multiplier_for_epsilon
 from fedge.spec import ModelSpec
 from fedge.training import WindowDataset, evaluate, predict
-from fedge.transport import InMemoryBroker, MessageCallback, PublishHandle, Transport, Will
+from fedge.transport import (
+    InboundMessage,
+    InMemoryBroker,
+    MessageCallback,
+    PublishHandle,
+    Transport,
+    Will,
+)
 from fedge_app.wiring import build_agent, build_aggregator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +104,13 @@ class Tampering:
 
     def close(self) -> None:
         self.inner.close()
+
+    def ack(self, message: InboundMessage) -> None:
+        self.inner.ack(message)
+
+    @property
+    def reconnects(self) -> int:
+        return self.inner.reconnects
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                 retain: bool = False) -> PublishHandle:

@@ -1,6 +1,7 @@
 """Soak: a fleet over real Mosquitto for D minutes with disconnects and restarts, end to end.
 
-    python benchmarks/soak.py [--minutes 10] [--agents 50] [--trainers 3] [--broker-kill]
+    python benchmarks/soak.py [--minutes 10] [--agents 50] [--edge-agents 5] [--trainers 3]
+                              [--broker-kill] [--out benchmarks/results/soak.json]
 
 What runs (all on 127.0.0.1, temp dirs, free ports):
 
@@ -15,15 +16,23 @@ What runs (all on 127.0.0.1, temp dirs, free ports):
   real ``TelemetryBatch`` messages (``--rate`` messages/s of ``--readings``
   readings), QoS 1, counted by seq; they keep each message until ingest's retained
   stored-up-to watermark covers it and re-send the uncovered ones after a
-  reconnect (the agent side of stored acks; tests/integration/chaos_support.py).
+  reconnect (the agent side of stored acks; tests/integration/chaos_support.py);
+* ``--edge-agents`` real :class:`~edge_agent.agent.EdgeAgent` s in this process
+  (tests/integration/agent_support.py: ``fedge agent``'s wiring, persistent
+  sessions, SQLite stores, confirm mode ``auto``) sampling simulated pumps every
+  ``--edge-sample-interval`` s. Their machine type is one the fleet model does not
+  cover (one channel not wired), so they stream telemetry and decline every round:
+  the training load stays with the trainer processes. Counted by seq from their own
+  stores: generated, acknowledged by the broker, confirmed by ingest, stored.
 
-Chaos during the run: every few seconds a random telemetry agent's socket is shut
-down under it (paho reconnects); at 10% of the run ingest is SIGKILLed and started
-again 10 s later; at 30% the broker is stopped (SIGTERM, or SIGKILL with
-``--broker-kill``) and started again 5 s later.
+Chaos during the run: every few seconds a random telemetry agent's (or edge
+agent's) socket is shut down under it (paho reconnects); at 10% of the run ingest
+is SIGKILLed and started again 10 s later; at 30% the broker is stopped (SIGTERM,
+or SIGKILL with ``--broker-kill``) and started again 5 s later.
 
-At the end the agents stop, everything they generated must be acknowledged by the
-broker, then confirmed by ingest; the stored readings are counted by
+At the end the agents stop (the edge agents stop sampling and finish their
+telemetry), everything they generated must be acknowledged by the broker, then
+confirmed by ingest; the stored readings are counted by
 ``(device, seq)`` from VictoriaMetrics' raw export. RSS of the aggregator and of
 ingest (the process running since its restart) is sampled every 10 s
 (``rss_series_mb``); growth is measured from "start" to the end, start being after
@@ -33,13 +42,15 @@ window, 4096 seqs per device) is full: before that RSS grows by design
 (``ingest_warm`` is false if the run was too short for it). Targets: stored =
 acknowledged, 0 duplicates, RSS growth <= 5%.
 
-Prints a table and writes ``benchmarks/results/soak.json``.
+Prints a table and writes ``benchmarks/results/soak.json`` (``--out``: a short run
+goes elsewhere, e.g. ``soak_short.json``, so the 10-minute result stays).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import random
@@ -50,6 +61,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +74,11 @@ if str(REPO) not in sys.path:  # run as a script: this checkout, not an installe
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from broker.mqtt_transport import PahoTransport  # noqa: E402
+from edge_agent.store import TelemetryState  # noqa: E402
+from fedge.data.simulator import SENSOR_NAMES  # noqa: E402
 from fedge_app.servers import Mosquitto  # noqa: E402
+from tests.integration.agent_support import AgentThread  # noqa: E402
 from tests.integration.chaos_support import (  # noqa: E402
     DedupVictoriaMetrics,
     IngestProcess,
@@ -141,9 +157,9 @@ class Events:
         console.print(f"[dim]{time.monotonic() - t0:7.1f}s[/] {what}")
 
 
-def drop_connection(publisher: SeqPublisher) -> bool:
+def drop_connection(transport: PahoTransport) -> bool:
     """Shut the agent's socket down under paho (a dead link): paho reconnects by itself."""
-    sock = publisher.transport._client.socket()
+    sock = transport._client.socket()
     if not isinstance(sock, socket.socket):
         return False
     try:
@@ -221,9 +237,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for i in range(args.agents)
     ]
+    gate = threading.Event()
+    gate.set()
+    (root / "edge").mkdir()
+    edge = [
+        AgentThread(
+            root / "edge",
+            broker.url,
+            FLEET,
+            f"edge-{i:02d}",
+            gate=gate,
+            seed=1000 + i,
+            sample_interval_s=args.edge_sample_interval,
+            telemetry_interval_s=1.0,
+            # Not a machine the fleet model covers: it declines rounds (missing_feature).
+            features={SENSOR_NAMES[0]: "not_wired"},
+        )
+        for i in range(args.edge_agents)
+    ]
+    transports = [p.transport for p in publishers] + [
+        a.agent.transport for a in edge if isinstance(a.agent.transport, PahoTransport)
+    ]
     rss: dict[str, int | None] = {}
     series: list[tuple[float, float | None, float | None]] = []
     ingest_warm = True
+    edge_done = False
     try:
         ingest.start()
         aggregator.start(root)
@@ -231,8 +269,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             trainer.start(root)
         for p in publishers:
             p.start()
+        for a in edge:
+            a.start()
         t0 = time.monotonic()
-        events.note(t0, f"{args.agents} telemetry agents, {args.trainers} trainers started")
+        events.note(
+            t0,
+            f"{args.agents} telemetry agents, {args.edge_agents} edge agents, "
+            f"{args.trainers} trainers started",
+        )
         ingest_restart_at: float | None = 0.10 * duration
         broker_restart_at: float | None = 0.30 * duration
         rss_start_at: float | None = 0.45 * duration
@@ -286,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if rss_start_at is not None:
                     rss_start_at = max(rss_start_at, time.monotonic() - t0 + 30.0)
             elif now >= next_drop:
-                if drop_connection(rng.choice(publishers)):
+                if drop_connection(rng.choice(transports)):
                     events.disconnects += 1
                 next_drop = now + rng.uniform(0.5, 1.5) * args.disconnect_every
             time.sleep(0.2)
@@ -295,18 +339,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         events.note(t0, f"RSS sampled (end): {rss}; stopping the agents")
         for p in publishers:
             p.stop_publishing()
+        gate.clear()  # the edge agents stop sampling; their telemetry goes on
         all_acked = wait_for(lambda: all(p.all_acked() for p in publishers), timeout=120.0)
         all_confirmed = wait_for(lambda: all(p.confirmed() for p in publishers), timeout=180.0)
-        events.note(t0, f"acknowledged: {all_acked}, confirmed by ingest: {all_confirmed}")
+        edge_done = wait_for(
+            lambda: all(a.status()[:2] == (0, 0) for a in edge), timeout=180.0, interval=1.0
+        )
+        events.note(
+            t0,
+            f"acknowledged: {all_acked}, confirmed by ingest: {all_confirmed}, "
+            f"edge agents confirmed: {edge_done}",
+        )
+        for a in edge:
+            a.close()
+        edge_states = {a.device: a.states() for a in edge}
         want = expected(publishers)
         acked = {(p.device, seq) for p in publishers for seq in p.ack_times()}
-        wait_for(lambda: vm_seqs(vm, FLEET).keys() >= acked, timeout=120.0, interval=2.0)
+        edge_acked = {
+            (device, seq)
+            for device, states in edge_states.items()
+            for seq, state in states.items()
+            if state != TelemetryState.UNSENT
+        }
+        wait_for(
+            lambda: vm_seqs(vm, FLEET).keys() >= acked | edge_acked, timeout=120.0, interval=2.0
+        )
         time.sleep(2.0)
         stored = vm_seqs(vm, FLEET)
         rounds = len(re.findall(r"round \d+ train completed", aggregator.log().replace("\n", " ")))
         failed_rounds = len(re.findall(r"round \d+ \w+ failed", aggregator.log()))
         resends = sum(p.resends for p in publishers)
+        edge_resent = sum(a.agent.stats.telemetry_resent for a in edge)
+        edge_errors = [repr(e) for a in edge for e in a.errors]
     finally:
+        gate.clear()
+        for a in edge:
+            a.close()
         for p in publishers:
             p.close()
         for trainer in trainers:
@@ -323,6 +391,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return None if not start or end is None else (end - start) / start
 
     stored_keys = set(stored)
+    edge_generated = {(d, seq) for d, states in edge_states.items() for seq in states}
+    edge_confirmed = {
+        (d, seq)
+        for d, states in edge_states.items()
+        for seq, state in states.items()
+        if state == TelemetryState.STORED
+    }
+    edge_result = {
+        "agents": args.edge_agents,
+        "sample_interval_s": args.edge_sample_interval,
+        "readings_generated": len(edge_generated),
+        "readings_acknowledged": len(edge_acked),
+        "readings_confirmed": len(edge_confirmed),
+        "readings_stored": len(stored_keys & edge_generated),
+        "readings_missing": len(edge_generated - stored_keys),
+        "duplicates": sum(n - 1 for k, n in stored.items() if n > 1 and k in edge_generated),
+        "resent_readings": edge_resent,
+        "all_confirmed": edge_done,
+        "errors": edge_errors,
+    }
     result: dict[str, Any] = {
         "minutes": args.minutes,
         "agents": args.agents,
@@ -338,6 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "readings_acknowledged_not_stored": len(acked - stored_keys),
         "duplicates": sum(n - 1 for n in stored.values() if n > 1),
         "resent_messages": resends,
+        "edge_agents": edge_result,
         "disconnects": events.disconnects,
         "ingest_restarts": events.ingest_restarts,
         "broker_restarts": events.broker_restarts,
@@ -383,6 +472,18 @@ def print_table(result: dict[str, Any]) -> None:
         ("acknowledged, not stored", f"{result['readings_acknowledged_not_stored']:,}", "0"),
         ("duplicates", f"{result['duplicates']:,}", "0"),
         ("messages re-sent (uncovered)", f"{result['resent_messages']:,}", ""),
+        ("edge agents (EdgeAgent, confirm mode)", str(result["edge_agents"]["agents"]), ""),
+        ("  readings generated", f"{result['edge_agents']['readings_generated']:,}", ""),
+        (
+            "  acknowledged / confirmed by ingest",
+            f"{result['edge_agents']['readings_acknowledged']:,} / "
+            f"{result['edge_agents']['readings_confirmed']:,}",
+            "= generated",
+        ),
+        ("  readings stored", f"{result['edge_agents']['readings_stored']:,}", "= generated"),
+        ("  missing", f"{result['edge_agents']['readings_missing']:,}", "0"),
+        ("  duplicates", f"{result['edge_agents']['duplicates']:,}", "0"),
+        ("  readings re-sent (unconfirmed)", f"{result['edge_agents']['resent_readings']:,}", ""),
         (
             "disconnects / ingest / broker restarts",
             f"{result['disconnects']} / {result['ingest_restarts']} / {result['broker_restarts']}",
@@ -411,10 +512,18 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # The edge agents decline every round with a warning; the table says what matters.
+    logging.getLogger("edge_agent").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--agents", type=int, default=50, help="telemetry agents")
     parser.add_argument("--trainers", type=int, default=3, help="fedge agent processes")
+    parser.add_argument(
+        "--edge-agents", type=int, default=5, help="EdgeAgents in this process (confirm mode)"
+    )
+    parser.add_argument(
+        "--edge-sample-interval", type=float, default=0.05, help="edge agents' sampling, s"
+    )
     parser.add_argument("--rate", type=float, default=2.0, help="messages/s per agent")
     parser.add_argument("--readings", type=int, default=25, help="readings per message")
     parser.add_argument("--disconnect-every", type=float, default=5.0, help="mean seconds")

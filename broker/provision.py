@@ -468,6 +468,10 @@ def _write_client_config(
         security["key_registry"] = layout.registry
         if role == "ingest" and len(manifest.ingest) > 1:
             top["shared_group"] = INGEST  # the workers split the fleet's messages
+        elif role == "ingest":
+            # One ingest sees all of a device's telemetry: it confirms what it stored,
+            # so agents keep readings until then (edge_agent.telemetry_confirm).
+            top["stored_acks"] = True
     header = [
         f"fedge {role} {name!r} of fleet {manifest.fleet!r}, written by broker.provision.",
         "Private (mode 0600): it names this identity's keys"

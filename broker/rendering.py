@@ -36,30 +36,40 @@ Auth = Literal["cert", "password"]
 _PACKET_HEADROOM = 64 * 1024
 
 
+# What a device publishes under devices/<itself>/ (named one by one: its `stored` topic,
+# ingest's confirmation of its readings, must stay out of its reach).
+_DEVICE_LEAVES = ("telemetry", "status", "prediction", "events")
+
+
 def _device_block(root: str, device: str) -> list[str]:
     return [
         f"user {device}",
-        f"topic write {root}/devices/{device}/#",
+        *(f"topic write {root}/devices/{device}/{leaf}" for leaf in _DEVICE_LEAVES),
         f"topic write {root}/rounds/+/updates/{device}",
         f"topic write {root}/rounds/+/updates/{device}/chunks",
         f"topic read {root}/rounds/current",
         f"topic read {root}/model/global",
         f"topic read {root}/devices/{device}/events",
+        f"topic read {root}/devices/{device}/stored",
     ]
 
 
 def render_acl(fleet: str, devices: Sequence[str], *, ingest: Sequence[str] = (INGEST,)) -> str:
     """The Mosquitto ``acl_file`` for one fleet: one explicit ``user`` block per identity.
 
-    - a device writes only under ``devices/<itself>/`` (telemetry, status and its last
-      will, prediction, events) and its own updates ``rounds/<n>/updates/<itself>``
+    - a device writes its own ``devices/<itself>/`` telemetry, status (and its last
+      will), prediction and events, and its own updates ``rounds/<n>/updates/<itself>``
       (and their chunks, ``.../updates/<itself>/chunks``, for brokers with a size cap);
-      it reads the round announcement, the global model and its own events topic
-      (maintenance events sent by the operator tool);
-    - the aggregator reads device status and every update (and update chunks), writes ``rounds/#``
-      (announcements, summaries) and ``model/global``;
+      it reads the round announcement, the global model, its own events topic
+      (maintenance events sent by the operator tool) and its own ``stored`` topic
+      (ingest's stored-up-to acks, which it must not be able to write: a device that
+      confirmed its own readings could make itself forget them unstored);
+    - the aggregator reads device status and every update (and update chunks), writes
+      ``rounds/#`` (announcements, summaries) and ``model/global``;
     - each ingest identity reads telemetry, predictions, status, events and round
-      summaries of every device;
+      summaries of every device, and reads and writes every device's ``stored``
+      topic (``fedge ingest --stored-acks`` publishes the acks retained and reads its
+      own back at start);
     - the operator tool writes maintenance events for any device.
 
     Mosquitto 2.0 grants any SUBSCRIBE, ``$share/<group>/...`` included, and checks
@@ -88,6 +98,7 @@ def render_acl(fleet: str, devices: Sequence[str], *, ingest: Sequence[str] = (I
             f"user {name}",
             *(f"topic read {root}/devices/+/{leaf}" for leaf in _INGEST_LEAVES),
             f"topic read {root}/rounds/summary",
+            f"topic readwrite {root}/devices/+/stored",
         ]
     lines += ["", f"user {OPERATOR}", f"topic write {root}/devices/+/events"]
     for device in sorted(devices):
@@ -162,6 +173,9 @@ def render_mosquitto_conf(
         f"persistence_location {files.data_dir}/",
         "autosave_interval 1",
         "autosave_on_changes false",
+        "# Persistent sessions (agents, ingest, the aggregator: MQTT 3.1.1 clean_session=0)",
+        "# outlive a disconnect by this much; queued QoS 1 messages wait for them meanwhile.",
+        "persistent_client_expiration 7d",
         "",
         "# Largest packet: a model frame (the aggregator's max_update_bytes) plus room",
         "# for its topic and headers. A client sending a bigger packet is disconnected.",

@@ -12,6 +12,11 @@ message does wrong is counted per reason (``AgentStats.refused``), logged for th
 first few and every 1000th of a reason, and never ends the agent thread. Outbound,
 with a signing key, everything the agent publishes is signed at publish time
 (the last will at connect time).
+
+Telemetry: readings go out in QoS 1 batches from the store; with ingest's
+stored-up-to acks (``telemetry_confirm``, :mod:`edge_agent.telemetry_confirm`) a
+reading the broker acknowledged is kept as unconfirmed until an ack covers it, and
+the unconfirmed ones are sent again after a reconnect or a timeout.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from edge_agent.maintenance import Maintenance
 from edge_agent.model_gate import ModelGate
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
+from edge_agent.telemetry_confirm import TelemetryConfirm, Watermark
 from fedge import __version__
 from fedge.chunking import split_frame
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
@@ -62,6 +68,7 @@ from fedge.messages import (
     Prediction,
     Reading,
     RoundAnnouncement,
+    StoredAck,
     TelemetryBatch,
     decode_message,
     encode_message,
@@ -91,8 +98,12 @@ _MAX_INFLIGHT_BATCHES = 20
 # A background training job: its round, its thread, and the box its frame (or error) lands in.
 _TrainJob = tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]]
 
-# Not a rejection: the retained model again after a reconnect, or a round already done.
-_BENIGN = frozenset({RefusalReason.VERSION_REPEAT.value})
+# Not a rejection: the retained model again after a reconnect, or a round already done;
+# a stale retained stored-up-to ack (a broker back from an older snapshot). Counted in
+# AgentStats.refused all the same.
+_BENIGN = frozenset(
+    {RefusalReason.VERSION_REPEAT.value, RefusalReason.STORED_ACK_BACKWARDS.value}
+)
 _INTERNAL = "internal_error"
 # Put on the inbox by a finished training job: wakes the agent thread at once to publish
 # the update (it would otherwise notice at its next 50 ms poll). _handle ignores it.
@@ -115,6 +126,10 @@ class AgentStats:
     readings: int = 0
     telemetry_batches: int = 0
     telemetry_acked: int = 0
+    telemetry_resent: int = 0
+    """Readings sent again because ingest had not confirmed them (telemetry_confirm)."""
+    stored_acks: int = 0
+    """Stored-up-to acks from ingest that moved the watermark (refused ones: ``refused``)."""
     predictions: int = 0
     rounds_answered: int = 0
     update_chunks_sent: int = 0
@@ -168,6 +183,14 @@ class EdgeAgent:
             set_torch_threads(config.torch_threads)
         self.topics = Topics(config.fleet)
         self.stats = AgentStats()
+        kept = store.stored_watermark()
+        self.confirm = TelemetryConfirm(
+            fleet=config.fleet,
+            device=config.device,
+            mode=config.telemetry_confirm,
+            timeout_s=config.telemetry_confirm_timeout_s,
+            watermark=None if kept is None else Watermark(*kept),
+        )
         self.model: FaultModel | None = None
         self.model_version: int | None = None
         self.refused_version: int | None = None
@@ -222,6 +245,7 @@ class EdgeAgent:
     def _status(self, state: str) -> bytes:
         cpu_percent, memory_mb = self._health()
         source = self.source.health()
+        mark = self.confirm.watermark
         last_error = self.stats.last_error
         if source.state in ("reconnecting", "down") and source.last_error:
             # An unreachable sensor is what the operator needs to see first.
@@ -236,6 +260,8 @@ class EdgeAgent:
                 agent_version=__version__,
                 model_version=self.model_version,
                 buffer_depth=self.store.unsent_count(),
+                buffer_unconfirmed=self.store.unconfirmed_count() if self.confirm.active else None,
+                confirmed_through_seq=None if mark is None else max(0, mark.through_seq),
                 cpu_percent=None if cpu_percent is None else max(0.0, cpu_percent),
                 memory_mb=memory_mb,
                 last_error=None if last_error is None else last_error[:300],
@@ -305,6 +331,9 @@ class EdgeAgent:
             # Operator events over MQTT (unsigned fleets only: in verify mode events come
             # through the agent's store, `fedge agent event`, which needs no signature).
             self.transport.subscribe(self.topics.events(self.config.device))
+        if self.confirm.subscribes:
+            # Retained: the latest ack arrives right after this, at every (re)connect.
+            self.transport.subscribe(self.topics.stored(self.config.device))
         self.transport.connect(on_message=self._inbox.put, will=Will(topic, will, retain=True))
         self._publish(topic, self._status("online"), retain=True)
 
@@ -444,6 +473,7 @@ class EdgeAgent:
         it brought, the round it announced) runs inside :meth:`_contained`: an error
         is logged and counted, and the agent carries on.
         """
+        self._watch_connection()  # before the inbox: the ack after a reconnect is in it
         for msg in drain(self._inbox, timeout=timeout):
             self._contained(self._handle, msg)
         now = self.clock()
@@ -455,6 +485,7 @@ class EdgeAgent:
             self._next_flush = now + self.config.telemetry_interval_s
             self.maintenance.flush()
             self._ack_telemetry(wait=0.0)
+            self._resend_if_due(now)
             if self.flush_telemetry(now):
                 self._contained(self.predict_and_publish)
         if now >= self._next_status:
@@ -516,6 +547,10 @@ class EdgeAgent:
                 self.maintenance.receive(
                     self.authenticator.open_message(msg.payload, msg.topic, now=self.clock())
                 )
+            elif msg.topic == self.topics.stored(self.config.device):
+                # Ingest signs nothing: the broker's ACL vouches for the topic
+                # (edge_agent.telemetry_confirm).
+                self._on_stored_ack(decode_message(StoredAck, msg.payload))
         except ProtocolError as exc:
             self._refuse(exc.reason.value, msg.topic, str(exc))
         except RefusedError as exc:
@@ -708,6 +743,51 @@ class EdgeAgent:
             queued += len(rows)
         return queued
 
+    def _on_stored_ack(self, ack: StoredAck) -> None:
+        """Apply a stored-up-to ack (refusals raise RefusedError, counted by _handle)."""
+        mark = self.confirm.on_ack(ack, now=self.clock())
+        if mark is not None:
+            self.stats.stored_acks += 1
+            self.store.confirm_stored(mark.through_seq, mark.through_ts)
+
+    def _watch_connection(self) -> None:
+        """Tell the confirmation state about a new connection (the transport's counter)."""
+        confirm = self.confirm
+        reconnects = self.transport.reconnects
+        if confirm.subscribes and confirm.new_connection(reconnects):
+            # PUBACKs of the old connection may have come after the last flush: take
+            # them first, they belong to what a dead broker may have lost.
+            self._ack_telemetry(wait=0.0)
+            try:
+                newest = self.store.newest_unconfirmed()
+            except StorageError as exc:
+                self.stats.last_error = str(exc)
+                return  # noticed again at the next step
+            confirm.on_connection(reconnects, now=self.clock(), sent_through=newest)
+            log.debug("%s: connection %d, unconfirmed through seq %s", self.config.device,
+                      reconnects, newest)
+
+    def _resend_if_due(self, now: float) -> None:
+        """Confirm mode: after a (re)connect or a timeout, send the unconfirmed again."""
+        confirm = self.confirm
+        if not confirm.active:
+            return
+        try:
+            order = confirm.tick(now=now, unconfirmed=self.store.unconfirmed_count())
+            if order is None:
+                return
+            resent = self.store.resend_unconfirmed(through_seq=order.through_seq)
+        except StorageError as exc:
+            self.stats.last_error = str(exc)
+            return
+        self.stats.telemetry_resent += resent
+        log.info(
+            "%s: re-sending %d reading(s) ingest has not confirmed (%s)",
+            self.config.device,
+            resent,
+            order.reason.value,
+        )
+
     def _ack_telemetry(self, *, wait: float) -> None:
         deadline = time.monotonic() + wait
         done: list[int] = []
@@ -728,7 +808,12 @@ class EdgeAgent:
         self._inflight = still
         if done:
             try:
-                self.store.mark_sent(done)
+                # Without confirmations (mode off) the PUBACK is all there will be.
+                self.store.mark_sent(done, confirmed=not self.confirm.subscribes)
+                mark = self.confirm.watermark
+                if self.confirm.active and mark is not None:
+                    # Re-sent readings the last ack covers already: stored again.
+                    self.store.confirm_stored(mark.through_seq, mark.through_ts)
             except StorageError as exc:
                 self.stats.last_error = str(exc)
 

@@ -1,8 +1,13 @@
 """The agent's local store of readings: SQLite in WAL mode, bounded, store-and-forward.
 
 Every reading gets a per-device sequence number (``AUTOINCREMENT``: never reused,
-even after pruning) and stays flagged unsent until the broker acknowledged the
-telemetry batch that carried it, so a broker outage or a reboot loses nothing.
+even after pruning, so the counter restarts only with a new store file) and a
+telemetry state (:mod:`edge_agent.store_telemetry`): unsent, sent (the broker
+acknowledged it) or stored (ingest confirmed it durable), so a broker outage or a
+reboot loses nothing unsent and a broker crash nothing unconfirmed
+(:mod:`edge_agent.telemetry_confirm`). The state only says what telemetry still has
+to do: a reading stays in the store as training history in every state, until the
+size bound prunes it (confirmed readings first).
 Units that ran to failure carry their length, which labels their readings with
 remaining useful life for local training (a unit is one *life* of the machine, cut at
 maintenance events by :mod:`edge_agent.maintenance`, which re-cuts them with
@@ -20,19 +25,21 @@ computed under and dropped when either changes.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from edge_agent.store_telemetry import StoredReading, TelemetryState, TelemetryStates
 from fedge.errors import FrameError, StorageError
 from fedge.safetensors_view import load_view
 from fedge.spec import MAX_BASELINE_CYCLES
 from fedge.storage import open_sqlite
 
-__all__ = ["ReadingIndex", "ReadingStore", "StoredReading", "UnitData"]
+__all__ = ["ReadingIndex", "ReadingStore", "StoredReading", "TelemetryState", "UnitData"]
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -44,6 +51,7 @@ CREATE TABLE IF NOT EXISTS readings (
     sent  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS readings_unsent ON readings (seq) WHERE sent = 0;
+CREATE INDEX IF NOT EXISTS readings_unconfirmed ON readings (seq) WHERE sent = 1;
 CREATE INDEX IF NOT EXISTS readings_unit ON readings (unit, cycle);
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
 CREATE TABLE IF NOT EXISTS units (
@@ -77,15 +85,6 @@ _ROW_OVERHEAD_BYTES = 64
 
 
 @dataclass(frozen=True, slots=True)
-class StoredReading:
-    seq: int
-    unit: int
-    cycle: int
-    ts: float
-    values: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
 class UnitData:
     """Readings of one unit in cycle order; ``n_cycles`` is set once the unit failed."""
 
@@ -115,8 +114,9 @@ class ReadingIndex:
         return int(self.seq.shape[0])
 
 
-class ReadingStore:
-    """SQLite-backed, size-bounded reading store for one device."""
+class ReadingStore(TelemetryStates):
+    """SQLite-backed, size-bounded reading store for one device (telemetry states:
+    :class:`~edge_agent.store_telemetry.TelemetryStates`)."""
 
     def __init__(
         self,
@@ -131,7 +131,10 @@ class ReadingStore:
         if max_bytes is not None:
             max_readings = min(max_readings, self.readings_for_bytes(max_bytes, n_features))
         self.max_readings = max_readings
+        # Readings the size bound pruned before they were sent / confirmed stored.
         self.dropped_unsent = 0
+        self.dropped_unconfirmed = 0
+        self._watermark: tuple[int, float] | None = None
         # Built on one thread and handed to the agent's thread, its only user then.
         # synchronous=NORMAL is durable across application crashes in WAL mode; only a
         # power loss can cost the last few transactions, and it is much cheaper on SD cards.
@@ -144,8 +147,10 @@ class ReadingStore:
         )
         try:
             self._check_features()
+            self._migrate_states()
             self._count = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
             self._backfill_heads()
+            self._watermark = self._read_watermark()
         except sqlite3.Error as exc:
             self._db.close()
             raise StorageError(f"cannot open reading store {self.path}: {exc}") from exc
@@ -246,9 +251,13 @@ class ReadingStore:
     def append_unit(
         self, *, unit: int, values: np.ndarray, ts: Sequence[float], failed: bool, sent: bool = True
     ) -> None:
-        """Bulk-store a whole unit (e.g. history logged before the agent ran)."""
+        """Bulk-store a whole unit (e.g. history logged before the agent ran).
+
+        ``sent=True`` (history): the readings are never published (state STORED).
+        """
+        state = TelemetryState.STORED if sent else TelemetryState.UNSENT
         rows = [
-            (unit, i, float(ts[i]), self._blob(values[i]), int(sent))
+            (unit, i, float(ts[i]), self._blob(values[i]), int(state))
             for i in range(values.shape[0])
         ]
         try:
@@ -484,36 +493,16 @@ class ReadingStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot re-cut the units of {self.path}: {exc}") from exc
 
-    def unsent(self, limit: int) -> list[StoredReading]:
-        """Oldest readings not yet acknowledged by the broker."""
-        rows = self._db.execute(
-            "SELECT seq, unit, cycle, ts, vals FROM readings WHERE sent = 0 ORDER BY seq LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [
-            StoredReading(r[0], r[1], r[2], r[3], np.frombuffer(r[4], dtype="<f4").copy())
-            for r in rows
-        ]
-
-    def unsent_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM readings WHERE sent = 0").fetchone()[0])
-
-    def mark_sent(self, seqs: Iterable[int]) -> None:
-        try:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "UPDATE readings SET sent = 1 WHERE seq = ?", [(s,) for s in seqs]
-                )
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot mark readings sent: {exc}") from exc
-
     def _enforce_bound(self) -> None:
         excess = self._count - self.max_readings
         if excess <= 0:
             return
-        # Prune a little more than needed so this runs rarely; sent readings go first,
-        # oldest first; unsent ones only if the store is full of them (counted).
+        # Prune a little more than needed so this runs rarely, oldest first: readings
+        # confirmed stored go first, then those the broker has but ingest has not
+        # confirmed, unsent ones only if the store is full of them (each counted).
+        # Pruning also ends a reading's life as training history: the oldest lives
+        # lose their readings first; their labels (units) and baselines (unit_head,
+        # while the unit has readings) stay.
         excess += max(1, self.max_readings // 100)
         with self._db:
             self._db.execute("BEGIN")
@@ -525,5 +514,6 @@ class ReadingStore:
             self._db.execute(
                 "DELETE FROM unit_head WHERE unit NOT IN (SELECT DISTINCT unit FROM readings)"
             )
-        self.dropped_unsent += sum(1 for v in victims if v[1] == 0)
+        self.dropped_unsent += sum(1 for v in victims if v[1] == TelemetryState.UNSENT)
+        self.dropped_unconfirmed += sum(1 for v in victims if v[1] == TelemetryState.SENT)
         self._count -= len(victims)

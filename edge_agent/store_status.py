@@ -2,7 +2,8 @@
 
 ``fedge agent status --store PATH`` uses :func:`read_store_status`: the store is opened
 read-only (the agent may be running, or stopped, or dead), so an operator on the device
-sees lives, unsent readings and the last error without a broker.
+sees lives, unsent readings, readings the broker has that ingest has not confirmed
+stored, how far ingest's confirmations go, and the last error without a broker.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.store_telemetry import STATES_KEY
 from fedge.errors import StorageError
 
 __all__ = ["StoreStatus", "UnitStatus", "read_store_status"]
@@ -41,6 +43,10 @@ class StoreStatus:
     readings: int
     unsent: int
     oldest_unsent_ts: float | None
+    unconfirmed: int
+    """Acknowledged by the broker, not yet confirmed stored by ingest."""
+    confirmed_through_seq: int | None
+    """Ingest's last stored-up-to watermark the agent applied (None: never one)."""
     newest_ts: float | None
     units: tuple[UnitStatus, ...]
     current_unit: int | None
@@ -89,10 +95,15 @@ def _read(db: sqlite3.Connection, path: Path) -> StoreStatus:
     seen = {u.unit for u in units}
     units += [UnitStatus(int(u), 0, 0, -1, int(n)) for u, n in failed.items() if u not in seen]
     units.sort(key=lambda u: u.unit)
-    readings, unsent, oldest_unsent, newest = db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(sent = 0), 0), MIN(CASE WHEN sent = 0 THEN ts END), "
-        "MAX(ts) FROM readings"
+    readings, unsent, unconfirmed, oldest_unsent, newest = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(sent = 0), 0), COALESCE(SUM(sent = 1), 0), "
+        "MIN(CASE WHEN sent = 0 THEN ts END), MAX(ts) FROM readings"
     ).fetchone()
+    if STATES_KEY not in meta:
+        # A store the agent has not opened since the telemetry states: its sent rows
+        # count as confirmed (edge_agent.store_telemetry, _migrate_states).
+        unconfirmed = 0
+    through = meta.get("stored_through_seq")
     last = units[-1] if units else None
     version = meta.get("model_version")
     return StoreStatus(
@@ -101,6 +112,8 @@ def _read(db: sqlite3.Connection, path: Path) -> StoreStatus:
         readings=int(readings),
         unsent=int(unsent),
         oldest_unsent_ts=oldest_unsent,
+        unconfirmed=int(unconfirmed),
+        confirmed_through_seq=int(through) if through is not None and through.isdigit() else None,
         newest_ts=newest,
         units=tuple(units),
         current_unit=last.unit if last is not None and not last.failed else None,

@@ -262,6 +262,13 @@ class AgentConfig(FedgeSettings):
     holdout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     telemetry_batch: Annotated[int, Field(ge=1, le=10_000)] = 50
     telemetry_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # Keep readings the broker acknowledged until ingest confirms them stored (its
+    # retained stored-up-to ack, `fedge ingest --stored-acks`) and re-send the
+    # unconfirmed ones after a reconnect or `telemetry_confirm_timeout_s` without
+    # progress. "auto": from the first ack on; "off": a PUBACK is enough (no ingest
+    # confirms). See edge_agent.telemetry_confirm.
+    telemetry_confirm: Literal["auto", "on", "off"] = "auto"
+    telemetry_confirm_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
     status_interval_s: Annotated[float, Field(gt=0)] = 10.0
     sample_interval_s: Annotated[float, Field(ge=0)] = 0.1
     alert_rul: Annotated[float, Field(ge=0)] = 30.0

@@ -22,7 +22,8 @@ instance attribute, both a :class:`RejectReason`, so a receiver writes
     │       ├── CompressionError        reason MALFORMED (invalid compressed body / encoding)
     │       └── ChunkError              reason per instance (chunk_*: a chunk set that fails)
     │   └── SignatureError              reason per instance: unsigned, forged, replayed, stale
-    ├── RefusedError                an announcement or global model outside an agent's limits
+    ├── RefusedError                an announcement, global model or stored ack an agent
+    │                               will not act on
     ├── UpdateRejectedError         a well-formed update that must not be aggregated;
     │                               its reason is per instance
     ├── IngestRejectedError         a telemetry/status/... message that is not ingested
@@ -256,7 +257,8 @@ class SignatureError(ProtocolError):
 
 
 class RefusalReason(StrEnum):
-    """Why an agent refused a round announcement or a global model (counted per reason)."""
+    """Why an agent refused a round announcement, a global model or a stored-up-to ack
+    (counted per reason)."""
 
     # Round announcements.
     TASK_NOT_ALLOWED = "task_not_allowed"
@@ -281,6 +283,11 @@ class RefusalReason(StrEnum):
     WORSE_ON_HOLDOUT = "worse_on_holdout"
     """The model's RMSE on the device's held-out data exceeds the running model's by
     more than the acceptance margin."""
+    # Stored-up-to acks from ingest (edge_agent.telemetry_confirm).
+    STORED_ACK_MISMATCH = "stored_ack_mismatch"
+    """An ack on the device's ``stored`` topic that names another fleet or device."""
+    STORED_ACK_BACKWARDS = "stored_ack_backwards"
+    """An ack behind the last one (a stale retained ack): it cannot un-confirm readings."""
 
 
 class RefusedError(FedgeError):

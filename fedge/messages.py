@@ -112,7 +112,12 @@ class DeviceStatus(WireModel):
     site: Identifier | None = None
     agent_version: str | None = Field(default=None, max_length=64)
     model_version: NonNegInt | None = None
+    # Readings not yet acknowledged by the broker; with ingest's confirmations also
+    # those the broker acknowledged that ingest has not confirmed stored, and how far
+    # the confirmations go (the device's own seq).
     buffer_depth: NonNegInt | None = None
+    buffer_unconfirmed: NonNegInt | None = None
+    confirmed_through_seq: NonNegInt | None = None
     cpu_percent: Annotated[float, Field(ge=0.0, le=10_000.0)] | None = None
     memory_mb: Annotated[float, Field(ge=0.0)] | None = None
     # What stops this device from contributing, for the operator (e.g. "device pump-03

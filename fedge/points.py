@@ -41,6 +41,7 @@ measurement        field                        type    meaning
 ``prediction``     ``anomaly``*                 bool    the health monitor's alert is active
 ``device_health``  ``online``                   int     1 online, 0 offline
 ``device_health``  ``buffer_depth``*            int     readings waiting in the agent's buffer
+``device_health``  ``buffer_unconfirmed``*      int     acknowledged by the broker, not yet stored
 ``device_health``  ``cpu_percent``*             float   agent CPU use
 ``device_health``  ``memory_mb``*               float   agent memory use
 ``device_health``  ``model_version``*           int     model version on the device
@@ -573,6 +574,7 @@ def health_points(status: DeviceStatus, *, received_at: float) -> list[Point]:
             {
                 "online": 1 if online else 0,
                 "buffer_depth": opt_int(status.buffer_depth),
+                "buffer_unconfirmed": opt_int(status.buffer_unconfirmed),
                 "cpu_percent": opt_float(status.cpu_percent),
                 "memory_mb": opt_float(status.memory_mb),
                 "model_version": opt_int(status.model_version),

@@ -2,25 +2,7 @@
 
 All topics live under ``fedge/v1/<fleet>/``:
 
-==========================================  ======  ===  ========
-topic                                       from    QoS  retained
-==========================================  ======  ===  ========
-``devices/<device>/telemetry``              agent   1    no
-``devices/<device>/status``                 agent   1    yes
-``devices/<device>/prediction``             agent   1    no
-``devices/<device>/events``                 both    1    no
-``devices/<device>/stored``                 ingest  1    yes
-``rounds/current``                          aggr.   1    yes
-``rounds/<round>/updates/<device>``         agent   1    no
-``rounds/<round>/updates/<device>/chunks``  agent   1    no
-``rounds/summary``                          aggr.   1    no
-``model/global``                            aggr.   1    yes
-==========================================  ======  ===  ========
-
-An update frame larger than the round's ``max_message_bytes`` travels as chunks
-(:mod:`fedge.chunking`) on ``.../updates/<device>/chunks``; the aggregator
-reassembles them and handles the frame as if it came on ``.../updates/<device>``.
-"""
+==========================================  ======  ===  ="""
 
 from __future__ import annotations
 
@@ -110,6 +92,7 @@ class Topics:
         """Maintenance events of one machine: published by its agent (failures the source
         reported, events recorded with ``fedge agent event``) and by operator tools."""
         return self._device(device, "events")
+
     def stored(self, device: str) -> str:
         """Retained by ingest: how far the device's telemetry is durably stored (StoredAck)."""
         return self._device(device, "stored")

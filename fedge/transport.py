@@ -149,6 +149,13 @@ class Transport(Protocol):
         """Disconnect cleanly (the will is not published)."""
         ...
 
+    @property
+    def reconnects(self) -> int:
+        """How often the connection was lost since :meth:`connect` (the transport
+        reconnects by itself). A change tells the agent that the broker may have lost
+        what it acknowledged (:mod:`edge_agent.telemetry_confirm`)."""
+        ...
+
 
 # In-process implementation ---------------------------------------------------------------
 
@@ -171,6 +178,7 @@ class _Session:
     on_message: MessageCallback
     will: Will | None
     filters: dict[str, int] = field(default_factory=dict)
+    on_reconnect: Callable[[], None] | None = None
 
 
 class InMemoryBroker:
@@ -178,7 +186,8 @@ class InMemoryBroker:
 
     Retained messages are kept per topic (an empty retained payload clears one),
     subscribers get matching retained messages on subscribe, and :meth:`drop`
-    simulates a crashed client so its will is published.
+    simulates a crashed client so its will is published, :meth:`reconnect` a client whose
+    connection broke and came back.
     """
 
     def __init__(self) -> None:
@@ -209,6 +218,23 @@ class InMemoryBroker:
     def drop(self, client_id: str) -> None:
         """Simulate an abrupt disconnect of ``client_id`` (its will is published)."""
         self._detach(client_id, publish_will=True)
+
+    def reconnect(self, client_id: str) -> None:
+        """Simulate a connection of ``client_id`` that broke and came back at once.
+
+        Its transport's ``reconnects`` goes up and, as a client re-subscribing on a new
+        connection gets them, the retained messages matching its filters are delivered
+        again. Nothing the broker holds is lost: a dropped link, not a broker crash.
+        """
+        with self._lock:
+            session = self._sessions.get(client_id)
+            if session is None:
+                raise TransportError(f"client {client_id!r} is not connected")
+            filters = dict(session.filters)
+        if session.on_reconnect is not None:
+            session.on_reconnect()
+        for topic_filter, qos in filters.items():
+            self._subscribe(client_id, topic_filter, qos)
 
     def _subscribe(self, client_id: str, topic_filter: str, qos: int) -> None:
         with self._lock:
@@ -249,7 +275,7 @@ class InMemoryTransport:
     Delivery is synchronous, so there is nothing to acknowledge: :meth:`ack` is a
     no-op (it only counts, in :attr:`acks`). Subscriptions made before the first
     :meth:`connect` are applied when it connects; after :meth:`close` subscribing
-    raises TransportError.
+    raises TransportError. :meth:`InMemoryBroker.reconnect` bumps :attr:`reconnects`.
     """
 
     def __init__(self, broker: InMemoryBroker, client_id: str) -> None:
@@ -259,9 +285,15 @@ class InMemoryTransport:
         self._closed = False
         self._early: dict[str, int] = {}
         self.acks = 0
+        self.reconnects = 0
+
+    def _reconnected(self) -> None:
+        self.reconnects += 1
 
     def connect(self, *, on_message: MessageCallback, will: Will | None = None) -> None:
-        self._broker._attach(_Session(self.client_id, on_message, will))
+        self._broker._attach(
+            _Session(self.client_id, on_message, will, on_reconnect=self._reconnected)
+        )
         self._connected = True
         early, self._early = self._early, {}
         for topic_filter, qos in early.items():

@@ -307,7 +307,7 @@ def agent(
     from edge_agent.sources.base import BaseSource
     from edge_agent.sources.cmapss import cmapss_source
     from fedge.config import AgentConfig
-    from fedge_app.wiring import agent_client_id, agent_source, build_agent, mqtt_transport
+    from fedge_app.wiring import agent_source, agent_transport, build_agent
 
     _setup_logging(log_level)
     try:
@@ -328,7 +328,7 @@ def agent(
             history_units = len(source_.history(10_000))
         agent_ = build_agent(
             cfg,
-            transport=mqtt_transport(cfg.broker, client_id=agent_client_id(cfg)),
+            transport=agent_transport(cfg),
             source=source_,
             history_units=history_units,
         )
@@ -350,7 +350,8 @@ def agent_status(
     """Show what an agent's store knows, read-only and without a broker.
 
     Lives (units) and which ran to failure, the current unit, readings not yet sent,
-    the last error and the model version the agent last used.
+    readings the broker acknowledged that ingest has not confirmed stored and how far
+    its confirmations go, the last error and the model version the agent last used.
     """
     from edge_agent.store_status import read_store_status
     from fedge_app.status_views import store_lines, store_table

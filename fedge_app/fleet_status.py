@@ -38,6 +38,8 @@ def device_json(
         "model_version": s.model_version,
         "behind_global": behind(s, global_version),
         "buffer_depth": s.buffer_depth,
+        "buffer_unconfirmed": s.buffer_unconfirmed,
+        "confirmed_through_seq": s.confirmed_through_seq,
         "source_state": s.source_state,
         "last_error": s.last_error,
         "cpu_percent": s.cpu_percent,

@@ -48,7 +48,8 @@ def fleet_table(data: dict[str, Any], *, now: float) -> Table:
             "[green]online[/]" if d["online"] else "[red]offline[/]",
             seen,
             version,
-            _count(d["buffer_depth"]),
+            _count(d["buffer_depth"])
+            + (f" (+{d['buffer_unconfirmed']} unconfirmed)" if d["buffer_unconfirmed"] else ""),
             d["source_state"] or "-",
             prediction,
             d["last_error"] or "",
@@ -77,5 +78,8 @@ def store_lines(status: StoreStatus) -> list[str]:
         f"readings {status.readings}, unsent {status.unsent}, failed units "
         f"{len(status.failed_units)}, current unit {_count(status.current_unit)}, "
         f"model version {_version(status.model_version)}",
+        f"telemetry: unconfirmed {status.unconfirmed} (acknowledged by the broker, not yet "
+        f"confirmed stored by ingest), confirmed through seq "
+        f"{_count(status.confirmed_through_seq)}",
         f"last error: {status.last_error or '-'}",
     ]

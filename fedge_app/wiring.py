@@ -52,6 +52,7 @@ __all__ = [
     "agent_client_id",
     "agent_security",
     "agent_source",
+    "agent_transport",
     "aggregator_client_id",
     "build_agent",
     "build_aggregator",
@@ -135,6 +136,18 @@ def mqtt_transport(
 ) -> PahoTransport:
     """A paho-mqtt transport to ``endpoint``."""
     return PahoTransport(endpoint, client_id=client_id, clean_session=clean_session)
+
+
+def agent_transport(config: AgentConfig) -> PahoTransport:
+    """The agent's MQTT transport: its stable client id and a persistent session.
+
+    The broker keeps the session's subscriptions and what it queued for the device
+    (maintenance events, stored-up-to acks) while the agent is away; over MQTT
+    3.1.1 for as long as the broker's ``persistent_client_expiration`` (7 days in the
+    provisioned and the demo mosquitto.conf), over MQTT 5 for the transport's
+    session expiry (7 days).
+    """
+    return PahoTransport(config.broker, client_id=agent_client_id(config), clean_session=False)
 
 
 def agent_source(config: AgentConfig, *, kind: str | None = None) -> BaseSource:

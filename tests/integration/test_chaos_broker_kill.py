@@ -5,16 +5,20 @@ broker/mosquitto.conf: a snapshot every 2 s), a real ``fedge ingest`` process
 (persistent session, manual acks, ``--stored-acks``, SQLite), and publishers that
 number their readings. Two kinds of publisher:
 
-* *PUBACK-only* ones behave like today's agent: a reading is done once the broker
-  acknowledged it. Mosquitto acknowledges from memory, so a reading it acknowledged
-  in the last snapshot period before the kill, and had not yet handed to ingest, can
-  be lost whatever ingest does. Asserted exactly: every reading the broker
-  acknowledged at least ``WINDOW`` (2.5 s: the 2 s snapshot period plus margin)
-  before the kill, or at any time after the restart, is stored exactly once; any
-  reading not stored was acknowledged inside that window; none is stored twice.
-* *Confirming* ones play the agent's side of ingest's stored-up-to watermark: they
-  keep readings until covered and re-send the uncovered ones after a reconnect.
-  Asserted: every reading generated is stored exactly once.
+* *PUBACK-only* ones behave like an agent that gets no confirmations (``fedge agent``
+  with ``telemetry_confirm = "off"``, or whose ingest runs without ``--stored-acks``):
+  a reading is done once the broker acknowledged it. Mosquitto acknowledges from
+  memory, so a reading it acknowledged in the last snapshot period before the kill,
+  and had not yet handed to ingest, can be lost whatever ingest does. Asserted
+  exactly: every reading the broker acknowledged at least ``WINDOW`` (2.5 s: the 2 s
+  snapshot period plus margin) before the kill, or at any time after the restart, is
+  stored exactly once; any reading not stored was acknowledged inside that window;
+  none is stored twice.
+* *Confirming* ones play the agent's side of ingest's stored-up-to watermark, as
+  :class:`~edge_agent.agent.EdgeAgent` does in confirm mode: they keep readings until
+  covered and re-send the uncovered ones after a reconnect. Asserted: every reading
+  generated is stored exactly once. (tests/integration/test_chaos_agent_broker_kill.py
+  does the same with real agents, and a kill that is sure to cost readings.)
 
 Also asserted: a retained message published more than a snapshot period before
 the kill is what the restarted broker serves (the bug report's broker came back

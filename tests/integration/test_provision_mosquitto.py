@@ -233,6 +233,45 @@ def test_device_publishes_its_own_topics_and_gets_operator_events(
     operator.close()
 
 
+def test_only_ingest_writes_a_stored_topic_and_only_its_device_reads_it(
+    fleet: ProvisionedFleet, broker: SecureBroker
+) -> None:
+    # Ingest reads its own retained watermarks back at start, and telemetry (the sentinel).
+    real_ingest = Listener(fleet, "ingest", [T.all_stored, T.all_telemetry])
+    own = _connected(fleet, "pump-01")
+    own.subscribe(T.stored("pump-01"))
+    own.subscribe(T.stored("pump-02"))  # granted (SUBACK), but never delivered
+    other = _connected(fleet, "pump-02")
+    other.subscribe(T.stored("pump-02"))
+    # A device confirming its own readings (it could make itself forget unstored
+    # ones), or another device's; retained, as a real ack would be.
+    own.publish(T.stored("pump-01"), b"forged", retain=True)
+    own.publish(T.stored("pump-02"), b"forged", retain=True)
+    other.publish(T.stored("pump-01"), b"forged", retain=True)
+    own.publish(T.telemetry("pump-01"), b"sentinel")
+    real_ingest.wait_for(T.telemetry("pump-01"), b"sentinel")
+    # The real ingest confirms both devices, pump-02 first.
+    for device in ("pump-02", "pump-01"):
+        ack = f"ack-{device}".encode()
+        assert real_ingest.transport.publish(T.stored(device), ack, retain=True).wait(5.0)
+    assert wait_until(lambda: (T.stored("pump-01"), b"ack-pump-01") in own.received(), timeout=10)
+    assert wait_until(
+        lambda: (T.stored("pump-02"), b"ack-pump-02") in other.received(), timeout=10
+    )
+    real_ingest.wait_for(T.stored("pump-01"), b"ack-pump-01")  # ingest reads them back
+    assert own.received() == [(T.stored("pump-01"), b"ack-pump-01")]  # not pump-02's
+    assert other.received() == [(T.stored("pump-02"), b"ack-pump-02")]
+    assert b"forged" not in [m.payload for m in real_ingest.messages]
+    # What the broker retained is ingest's word too: a device connecting later gets it.
+    late = _connected(fleet, "pump-01", client_id="pump-01")
+    late.subscribe(T.stored("pump-01"))
+    assert wait_until(lambda: bool(late.received()), timeout=10)
+    assert late.received() == [(T.stored("pump-01"), b"ack-pump-01")]
+    for client in (own, other, late):
+        client.close()
+    real_ingest.close()
+
+
 def test_wildcard_and_shared_subscriptions_deliver_only_permitted_topics(
     fleet: ProvisionedFleet, broker: SecureBroker
 ) -> None:

@@ -296,3 +296,14 @@ def test_unknown_strategy(tmp_path: Path) -> None:
 def test_unknown_strategy_from_kwargs() -> None:
     with pytest.raises(ConfigError, match="strategy"):
         load_config(AggregatorConfig, strategy="FedAvg")
+
+
+def test_telemetry_confirmation_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config(AgentConfig, _write(tmp_path, AGENT_TOML)).telemetry_confirm == "auto"
+    monkeypatch.setenv("FEDGE_AGENT_TELEMETRY_CONFIRM", "off")
+    monkeypatch.setenv("FEDGE_AGENT_TELEMETRY_CONFIRM_TIMEOUT_S", "5")
+    cfg = load_config(AgentConfig, _write(tmp_path, AGENT_TOML))
+    assert (cfg.telemetry_confirm, cfg.telemetry_confirm_timeout_s) == ("off", 5.0)
+    monkeypatch.setenv("FEDGE_AGENT_TELEMETRY_CONFIRM", "always")
+    with pytest.raises(ConfigError, match="telemetry_confirm"):
+        load_config(AgentConfig, _write(tmp_path, AGENT_TOML))

@@ -81,26 +81,36 @@ def test_acl_lines_are_exactly_the_policy(fleet: ProvisionedFleet) -> None:
         f"topic read {r}/devices/+/status",
         f"topic read {r}/devices/+/events",
         f"topic read {r}/rounds/summary",
+        f"topic readwrite {r}/devices/+/stored",
         "user operator",
         f"topic write {r}/devices/+/events",
         "user pump-01",
-        f"topic write {r}/devices/pump-01/#",
+        f"topic write {r}/devices/pump-01/telemetry",
+        f"topic write {r}/devices/pump-01/status",
+        f"topic write {r}/devices/pump-01/prediction",
+        f"topic write {r}/devices/pump-01/events",
         f"topic write {r}/rounds/+/updates/pump-01",
         f"topic write {r}/rounds/+/updates/pump-01/chunks",
         f"topic read {r}/rounds/current",
         f"topic read {r}/model/global",
         f"topic read {r}/devices/pump-01/events",
+        f"topic read {r}/devices/pump-01/stored",
         "user pump-02",
-        f"topic write {r}/devices/pump-02/#",
+        f"topic write {r}/devices/pump-02/telemetry",
+        f"topic write {r}/devices/pump-02/status",
+        f"topic write {r}/devices/pump-02/prediction",
+        f"topic write {r}/devices/pump-02/events",
         f"topic write {r}/rounds/+/updates/pump-02",
         f"topic write {r}/rounds/+/updates/pump-02/chunks",
         f"topic read {r}/rounds/current",
         f"topic read {r}/model/global",
         f"topic read {r}/devices/pump-02/events",
+        f"topic read {r}/devices/pump-02/stored",
     ]
     assert _mode(fleet.acl_file) == 0o600
 
 
+LEAVES = ("telemetry", "status", "prediction", "events")
 device_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True).filter(
     lambda n: n not in {"aggregator", "operator"} and not n.startswith("ingest")
 )
@@ -108,7 +118,7 @@ device_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(device_names, min_size=1, max_size=6, unique=True))
-def test_acl_device_blocks_write_only_below_the_device_itself(devices: list[str]) -> None:
+def test_acl_device_blocks_write_only_their_own_topics(devices: list[str]) -> None:
     blocks: dict[str, list[str]] = {}
     user = ""
     for line in render_acl("f1", devices).splitlines():
@@ -120,10 +130,14 @@ def test_acl_device_blocks_write_only_below_the_device_itself(devices: list[str]
     for device in devices:
         writes = [ln.split()[2] for ln in blocks[device] if ln.split()[1] == "write"]
         assert writes == [
-            f"fedge/v1/f1/devices/{device}/#",
+            *(f"fedge/v1/f1/devices/{device}/{leaf}" for leaf in LEAVES),
             f"fedge/v1/f1/rounds/+/updates/{device}",
             f"fedge/v1/f1/rounds/+/updates/{device}/chunks",
         ]
+        # Never ingest's confirmation of its own readings (nor a wildcard that covers it).
+        assert not any(w.endswith(("/stored", "#", "+")) for w in writes)
+        reads = [ln.split()[2] for ln in blocks[device] if ln.split()[1] == "read"]
+        assert f"fedge/v1/f1/devices/{device}/stored" in reads
         assert all(ln.split()[1] in ("read", "write") for ln in blocks[device])
     assert not any(line.startswith("pattern") for line in render_acl("f1", devices).splitlines())
 
@@ -157,6 +171,7 @@ def test_conf_is_tls_only_authenticated_and_bound_to_identities(fleet: Provision
         f"persistence_location {fleet.data_dir}/",
         "autosave_interval 1",
         "autosave_on_changes false",
+        "persistent_client_expiration 7d",
         f"max_packet_size {16 * 1024 * 1024 + 64 * 1024}",
         "log_dest stderr",
     ):
@@ -327,6 +342,7 @@ def test_client_configs_match_the_config_models(fleet: ProvisionedFleet) -> None
     ingest = tomllib.loads(fleet.identity("ingest").config_file.read_text())
     assert ingest["security"] == {"key_registry": str(fleet.registry_file)}
     assert "shared_group" not in ingest
+    assert ingest["stored_acks"] is True  # the one ingest confirms what it stored
 
 
 def test_ingest_workers_get_their_own_identities(tmp_path: Path) -> None:
@@ -340,6 +356,7 @@ def test_ingest_workers_get_their_own_identities(tmp_path: Path) -> None:
     for name in ("ingest", "ingest-3"):
         config = tomllib.loads(fleet.identity(name).config_file.read_text())
         assert config["shared_group"] == "ingest"
+        assert "stored_acks" not in config  # needs all of a device's telemetry
         assert _cn(_cert(fleet.identity(name).cert_file)) == name
 
 

@@ -215,6 +215,18 @@ def test_health_online_uses_status_ts_and_types() -> None:
     ]
 
 
+def test_health_with_unconfirmed_readings() -> None:
+    payload = (
+        b'{"fleet":"demo","device":"pump-01","state":"online","ts":1700000000.25,'
+        b'"buffer_depth":0,"buffer_unconfirmed":7,"confirmed_through_seq":120}'
+    )
+    status = decode_message(DeviceStatus, payload)
+    assert [p.to_line() for p in health_points(status, received_at=TS + 100)] == [
+        f"device_health,device=pump-01,fleet=demo online=1i,buffer_depth=0i,"
+        f"buffer_unconfirmed=7i {TS_NS}"
+    ]
+
+
 def test_health_offline_is_stamped_with_the_ingest_clock() -> None:
     # A last will carries the ts of the connect; the device went away *now*.
     status = DeviceStatus(fleet="demo", device="pump-01", state="offline", ts=TS - 3600)
