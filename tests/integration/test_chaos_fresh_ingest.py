@@ -90,11 +90,22 @@ def test_a_fresh_ingest_vouches_for_no_reading_it_never_stored(tmp_path: Path) -
         ingest.kill()  # the broker now queues for ingest's session, in memory only
         time.sleep(1.5)  # acknowledged by the broker, stored by nobody
         held = [a.status()[1] for a in agents]
+        newest = [max(a.states()) for a in agents]
         broker.kill()  # the queue and the retained acks are gone
         broker.start()  # same port, empty
+        restarted = time.monotonic()
         _, session = ingest.start()
         assert session == "new"  # nothing to resume, nothing retained to seed from
-        time.sleep(4.0)
+
+        def recovered() -> bool:  # what each agent held at the kill is confirmed again
+            return all(
+                (through := a.status()[2]) is not None and through >= top
+                for a, top in zip(agents, newest, strict=True)
+            )
+
+        assert wait_for(recovered, timeout=60.0)
+        recovery_s = time.monotonic() - restarted
+        time.sleep(1.0)
 
         gate.clear()  # sampling stops; telemetry goes on
         assert wait_for(
@@ -134,6 +145,7 @@ def test_a_fresh_ingest_vouches_for_no_reading_it_never_stored(tmp_path: Path) -
             f"resent {resent}, missing {len(missing)} [{_ranges(missing)}], doubled {len(doubled)}"
         )
         failures.append((missing, doubled, unknown))
-    print("\n" + "\n".join(lines))
+    print("\n" + "\n".join(lines) + f"\nheld readings confirmed {recovery_s:.1f} s after the "
+          "broker restart")
     assert failures == [([], {}, [])] * len(agents), "\n".join(lines)
     assert all(a.agent.stats.telemetry_resent > 0 for a in agents)
