@@ -24,7 +24,10 @@ Stored-up-to confirmations (``stored_acks=True``, not with a shared group): afte
 each durable write ingest updates per-device watermarks
 (:mod:`aggregator.stored_acks`) and publishes the moved ones, retained, on
 ``devices/<device>/stored`` at most every ``stored_ack_interval_s``; on start it
-picks up its own retained watermarks again.
+picks up its own retained watermarks again. Where there is none, a device's
+watermark starts from what its batches say it still owes
+(``TelemetryBatch.unconfirmed_from_seq``), never from the first reading seen, unless
+the agent predates that field.
 """
 
 from __future__ import annotations
@@ -328,7 +331,12 @@ class IngestService:
             now = self.clock()
             for outcome in outcomes:
                 if outcome is not None and outcome.device is not None:
-                    self.watermarks.stored(outcome.device, outcome.readings, now=now)
+                    self.watermarks.stored(
+                        outcome.device,
+                        outcome.readings,
+                        now=now,
+                        unconfirmed_from=outcome.unconfirmed_from,
+                    )
             self._publish_watermarks()
         return True
 
@@ -397,7 +405,7 @@ class IngestService:
             ack = StoredAck(
                 fleet=self.fleet,
                 device=device,
-                through_seq=max(0, mark.through_seq),
+                through_seq=mark.through_seq,  # >= 0: take_changed keeps no other
                 through_ts=mark.through_ts,
                 ts=now,
             )

@@ -16,7 +16,9 @@ with a signing key, everything the agent publishes is signed at publish time
 Telemetry: readings go out in QoS 1 batches from the store; with ingest's
 stored-up-to acks (``telemetry_confirm``, :mod:`edge_agent.telemetry_confirm`) a
 reading the broker acknowledged is kept as unconfirmed until an ack covers it, and
-the unconfirmed ones are sent again after a reconnect or a timeout.
+the unconfirmed ones are sent again after a reconnect or a timeout. Every batch
+says which readings the agent still owes ingest (``unconfirmed_from_seq``), so an
+ingest without a watermark for it starts there, not at the first reading it sees.
 """
 
 from __future__ import annotations
@@ -715,10 +717,19 @@ class EdgeAgent:
             ][: self.config.telemetry_batch]
             if not rows:
                 break
+            try:
+                # What ingest may start or move its watermark to (issue 12): read per
+                # batch, after its rows, so the batch is among the readings owed.
+                owed = self.store.unconfirmed_from()
+            except StorageError as exc:
+                self.stats.last_error = str(exc)
+                break
             batch = TelemetryBatch(
                 fleet=self.config.fleet,
                 device=self.config.device,
                 site=self.config.site,
+                unconfirmed_from_seq=None if owed is None else owed[0],
+                unconfirmed_from_ts=None if owed is None else owed[1],
                 readings=[
                     Reading(
                         seq=r.seq,

@@ -107,9 +107,9 @@ class TelemetryStates:
 
         A reading with a later ``ts`` is not covered: the watermark belongs to an earlier
         counter (:class:`~fedge.messages.StoredAck`). UNSENT readings are never covered
-        (a watermark starts just below the first reading ingest saw, so it cannot vouch
-        for one the broker never acknowledged); one re-sent and in flight is covered
-        once its new PUBACK arrives, when the agent applies the watermark again. The
+        (the broker never acknowledged them, so ingest cannot have them unless they were
+        sent before); one re-sent and in flight is covered once its new PUBACK arrives,
+        when the agent applies the watermark again. The
         watermark is kept in ``meta`` (``fedge agent status`` reads it). Returns how
         many readings it covered.
         """
@@ -151,6 +151,22 @@ class TelemetryStates:
         """The highest seq in state SENT (None: none)."""
         row = self._db.execute("SELECT MAX(seq) FROM readings WHERE sent = 1").fetchone()
         return None if row[0] is None else int(row[0])
+
+    def unconfirmed_from(self) -> tuple[int, float] | None:
+        """``(seq, ts)`` of the lowest reading not confirmed stored (UNSENT or SENT), or
+        None if every reading is STORED: what the agent still owes ingest
+        (``TelemetryBatch.unconfirmed_from_seq``). It only ever rises, as readings are
+        confirmed or pruned: no reading goes back to UNSENT or SENT from STORED."""
+        # Two MIN()s over the partial indexes instead of one scan over `sent < 2`.
+        try:
+            row = self._db.execute(
+                "SELECT seq, ts FROM readings WHERE seq = (SELECT MIN(low) FROM ("
+                "SELECT MIN(seq) AS low FROM readings WHERE sent = 0 UNION ALL "
+                "SELECT MIN(seq) FROM readings WHERE sent = 1))"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the lowest unconfirmed reading: {exc}") from exc
+        return None if row is None else (int(row[0]), float(row[1]))
 
     def stored_watermark(self) -> tuple[int, float] | None:
         """The last watermark :meth:`confirm_stored` applied: ``(through_seq, through_ts)``."""

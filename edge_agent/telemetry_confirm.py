@@ -34,7 +34,9 @@ Re-sends (:meth:`TelemetryConfirm.tick`), only in confirm mode:
   died: a reconnect is all the agent sees of that). What was unconfirmed when the
   connection changed (up to the newest seq the broker had acknowledged then) goes
   again, once the retained ack that follows the subscription has come (what it
-  covers is not sent again), or ``settle_s`` after the change without one.
+  covers is not sent again), or ``settle_s`` after the change without one (an
+  ingest with no watermark for the device publishes one at the first batch it sees,
+  just below what the batch says the agent owes: that ack ends the wait too).
   Readings acknowledged on the new connection are not re-sent.
 * *on timeout*: readings have been unconfirmed for ``timeout_s`` and the watermark
   did not move meanwhile (a gap at ingest that only a re-send fills: a message lost

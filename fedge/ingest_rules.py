@@ -116,9 +116,12 @@ class Accepted:
     duplicates: int = 0
     future_readings: int = 0
     #: Telemetry with ``track_readings``: the device and every ``(seq, ts)`` of the
-    #: message that ingest has now dealt with (kept, duplicate or refused as future).
+    #: message that ingest has now dealt with (kept, duplicate or refused as future),
+    #: and what the device says it still owes (``TelemetryBatch.unconfirmed_from_seq``
+    #: and its time; None from devices without the field).
     device: str | None = None
     readings: tuple[tuple[int, float], ...] = ()
+    unconfirmed_from: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,8 +396,12 @@ class IngestRules:
             )
         accepted = partial(Accepted, future_readings=future)
         if self.track_readings:
+            seq, ts = batch.unconfirmed_from_seq, batch.unconfirmed_from_ts
             accepted = partial(
-                accepted, device=batch.device, readings=tuple((r.seq, r.ts) for r in readings)
+                accepted,
+                device=batch.device,
+                readings=tuple((r.seq, r.ts) for r in readings),
+                unconfirmed_from=None if seq is None or ts is None else (seq, ts),
             )
         current: list[int] = []
         if future:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from fedge.compression.scheme import CodecField
 from fedge.errors import MessageError
@@ -140,23 +147,49 @@ class Reading(WireModel):
 
 
 class TelemetryBatch(WireModel):
-    """A batch of readings from one device, published on ``devices/<device>/telemetry``."""
+    """A batch of readings from one device, published on ``devices/<device>/telemetry``.
+
+    ``unconfirmed_from_seq`` is what the device still owes ingest, as it knew it when
+    it built the batch: the lowest seq of its readings that ingest has not confirmed
+    stored yet (unsent or sent, not covered by a :class:`StoredAck`), with that
+    reading's device time in ``unconfirmed_from_ts``. The device never sends a
+    reading of this counter below it again, so ingest may start or move its
+    stored-up-to watermark to just below it (:mod:`aggregator.stored_acks`), and only
+    there. The batch's own readings are among those owed, so the seq is at most the
+    lowest seq in the batch: a larger one contradicts the batch and is refused, as is
+    one of the pair without the other. Agents from before the field leave both out.
+    """
 
     fleet: Identifier
     device: Identifier
     site: Identifier | None = None
     unit: NonNegInt | None = None
     readings: list[Reading] = Field(min_length=1, max_length=10_000)
+    unconfirmed_from_seq: NonNegInt | None = None
+    unconfirmed_from_ts: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _owed_readings_include_the_batch(self) -> TelemetryBatch:
+        seq, ts = self.unconfirmed_from_seq, self.unconfirmed_from_ts
+        if (seq is None) != (ts is None):
+            raise ValueError("unconfirmed_from_seq and unconfirmed_from_ts go together")
+        if seq is not None and seq > (lowest := min(r.seq for r in self.readings)):
+            raise ValueError(
+                f"unconfirmed_from_seq {seq} is above the batch's lowest seq {lowest}"
+            )
+        return self
 
 
 class StoredAck(WireModel):
     """Retained by ingest on ``devices/<device>/stored``: end-to-end confirmation.
 
-    Every reading of ``device`` with ``seq <= through_seq`` (the one at
-    ``through_seq`` has device time ``through_ts``) is durably stored, so the agent
-    may forget them; ``ts`` is when ingest said so. A reading the agent still holds
-    with ``seq <= through_seq`` but a *later* ``ts`` than ``through_ts`` belongs to a
-    restarted counter and is not covered.
+    Every reading of ``device`` with ``seq <= through_seq`` is durably stored (or the
+    device said it does not owe it: :attr:`TelemetryBatch.unconfirmed_from_seq`), so
+    the agent may forget them; ``ts`` is when ingest said so. ``through_ts`` bounds
+    the device times of those readings: it is the time of the reading at
+    ``through_seq``, or of the one just above it when the watermark starts from the
+    device's word. A reading the agent still holds with ``seq <= through_seq`` but a
+    *later* ``ts`` than ``through_ts`` belongs to a restarted counter and is not covered.
     """
 
     fleet: Identifier

@@ -33,6 +33,7 @@ class Rig:
     def __init__(self, tmp_path: Path, **config: object) -> None:
         self.broker = InMemoryBroker()
         self.sent: list[int] = []
+        self.batches: list[TelemetryBatch] = []
         recorder = self.broker.transport("recorder")
         recorder.connect(on_message=self._record)
         recorder.subscribe(TOPICS.telemetry(DEVICE))
@@ -68,6 +69,7 @@ class Rig:
             self.statuses.append(decode_message(DeviceStatus, message.payload))
             return
         batch = decode_message(TelemetryBatch, message.payload)
+        self.batches.append(batch)
         self.sent += [r.seq for r in batch.readings]
 
     def sample(self, n: int) -> None:
@@ -175,6 +177,34 @@ def test_after_a_reconnect_only_the_unconfirmed_readings_go_again(rig: Rig) -> N
     assert rig.agent.stats.telemetry_resent == 2
     rig.ack(8)
     assert set(rig.states().values()) == {STORED}
+    rig.close()
+
+
+def test_every_batch_says_what_the_agent_still_owes_ingest(rig: Rig) -> None:
+    def owed() -> list[tuple[list[int], int | None, float | None]]:
+        out = [
+            ([r.seq for r in b.readings], b.unconfirmed_from_seq, b.unconfirmed_from_ts)
+            for b in rig.batches
+        ]
+        rig.batches.clear()
+        return out
+
+    rig.sample(3)
+    rig.flush()
+    assert owed() == [([1, 2, 3], 1, rig.ts(1))]
+    rig.ack(2)
+    rig.sample(2)
+    rig.flush()  # 3 is sent but not confirmed: still owed
+    assert owed() == [([4, 5], 3, rig.ts(3))]
+    rig.ack(5)
+    rig.sample(1)
+    rig.flush()
+    assert owed() == [([6], 6, rig.ts(6))]
+    # 6 not confirmed: re-sent with 7 once the retained ack (5) is in, at once here.
+    rig.broker.reconnect(DEVICE)
+    rig.sample(1)
+    rig.flush(3.0)
+    assert owed() == [([6, 7], 6, rig.ts(6))]
     rig.close()
 
 

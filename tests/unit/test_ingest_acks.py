@@ -252,6 +252,42 @@ def test_stored_acks_resume_from_the_retained_watermark() -> None:
         svc.stop(timeout=2.0)
 
 
+def test_a_fresh_ingest_starts_below_what_the_agent_owes() -> None:
+    # No retained ack to seed from; the agent owes 100-152 and sends 151-152 first.
+    broker = InMemoryBroker()
+    svc = IngestService(
+        broker.transport("ingest"),
+        MemorySink(),
+        fleet=FLEET,
+        stored_acks=True,
+        stored_ack_interval_s=0.0,
+        clock=lambda: NOW,
+    )
+    watcher = Watcher()
+    agent = broker.transport("agent")
+    agent.connect(on_message=watcher)
+    agent.subscribe(T.stored("d"))
+
+    def owing(seqs: Sequence[int]) -> bytes:
+        batch = decode_message(TelemetryBatch, telemetry("d", seqs))
+        return encode_message(
+            batch.model_copy(
+                update={"unconfirmed_from_seq": 100, "unconfirmed_from_ts": NOW - 100 + 100}
+            )
+        )
+
+    svc.start()
+    try:
+        agent.publish(T.telemetry("d"), owing([151, 152]))
+        assert wait_until(lambda: bool(watcher.acks), timeout=5.0)
+        assert (watcher.acks[0].through_seq, watcher.acks[0].through_ts) == (99, NOW)
+        agent.publish(T.telemetry("d"), owing(range(100, 151)))  # the re-send
+        assert wait_until(lambda: watcher.acks[-1].through_seq == 152, timeout=5.0)
+        assert [a.through_seq for a in watcher.acks] == [99, 152]
+    finally:
+        svc.stop(timeout=2.0)
+
+
 def test_stored_acks_refuse_a_shared_group() -> None:
     with pytest.raises(ConfigError, match="shared subscription"):
         IngestService(

@@ -47,6 +47,36 @@ def test_a_reading_goes_unsent_sent_stored(store: ReadingStore) -> None:
     assert (store.unsent_count(), store.unconfirmed_count()) == (1, 1)
 
 
+def test_unconfirmed_from_is_the_lowest_reading_not_stored_and_only_rises(
+    store: ReadingStore,
+) -> None:
+    assert store.unconfirmed_from() is None  # empty store
+    _append(store, [TS, TS + 1, TS + 2, TS + 3])
+    assert store.unconfirmed_from() == (1, TS)  # unsent readings are owed too
+    store.mark_sent([1, 2, 3])
+    assert store.unconfirmed_from() == (1, TS)
+    store.confirm_stored(2, TS + 1)
+    assert store.unconfirmed_from() == (3, TS + 2)  # 3 sent, 4 unsent
+    store.resend_unconfirmed()  # 3 back to unsent: still owed from 3
+    assert store.unconfirmed_from() == (3, TS + 2)
+    store.mark_sent([3, 4])
+    store.confirm_stored(4, TS + 3)
+    assert store.unconfirmed_from() is None
+
+
+def test_unconfirmed_from_skips_what_the_size_bound_pruned(tmp_path: Path) -> None:
+    small = ReadingStore(tmp_path / "small.sqlite", n_features=2, max_readings=100)
+    try:
+        _append(small, [TS + i for i in range(100)])
+        small.mark_sent(range(1, 101))  # none confirmed: the bound prunes sent ones
+        _append(small, [TS + 100])
+        # 1 + 100 // 100 pruned beyond the bound: seqs 1 and 2 are gone.
+        assert small.dropped_unconfirmed == 2
+        assert small.unconfirmed_from() == (3, TS + 2)
+    finally:
+        small.close()
+
+
 def test_watermark_covers_sent_rows_up_to_its_seq_and_time_only(store: ReadingStore) -> None:
     _append(store, [TS, TS + 1, TS + 2, TS + 3, TS + 4])
     store.mark_sent([1, 2, 3, 5])  # 4 is still in flight

@@ -74,6 +74,32 @@ def test_telemetry_as_lines_is_the_same_line_protocol_and_the_same_points() -> N
     assert as_lines(outcome) == TWO_LINES
 
 
+OWING = TWO_READINGS[:-1] + b',"unconfirmed_from_seq":5,"unconfirmed_from_ts":1749999988.5}'
+
+
+@pytest.mark.parametrize("as_lines_too", [False, True])
+def test_tracked_telemetry_carries_what_the_device_says_it_owes(as_lines_too: bool) -> None:
+    r = rules(track_readings=True, telemetry_as_lines=as_lines_too)
+    outcome = accept(r, TELEMETRY, OWING)
+    assert outcome.device == "pump-01"
+    assert outcome.readings == ((7, 1749999990.5), (8, 1749999991.25))
+    assert outcome.unconfirmed_from == (5, 1749999988.5)
+    assert as_lines(outcome) == TWO_LINES  # the field changes no point
+    # A redelivery: no points, the same word (a watermark needs it either way).
+    again = accept(r, TELEMETRY, OWING)
+    assert (list(again.points), again.duplicates) == ([], 2)
+    assert again.unconfirmed_from == (5, 1749999988.5)
+    # A batch from an agent before the field.
+    assert accept(rules(track_readings=True), TELEMETRY, TWO_READINGS).unconfirmed_from is None
+
+
+def test_a_batch_owing_less_than_itself_is_refused_whole() -> None:
+    payload = OWING.replace(b'"unconfirmed_from_seq":5', b'"unconfirmed_from_seq":8')
+    err = reject(rules(track_readings=True), TELEMETRY, payload)
+    assert err.reason is IngestReject.INVALID_SCHEMA
+    assert "unconfirmed_from_seq 8 is above the batch's lowest seq 7" in err.detail
+
+
 def test_prediction_with_alert_is_a_prediction_and_an_alert_point() -> None:
     payload = (
         b'{"fleet":"demo","device":"pump-01","ts":1749999995,"model_version":3,'

@@ -103,6 +103,42 @@ def test_telemetry_batch_exact_bytes_omit_none_fields() -> None:
     assert b"null" not in encoded
 
 
+def test_telemetry_batch_says_what_the_device_still_owes_exact_bytes() -> None:
+    owing = BATCH.model_copy(
+        update={"unconfirmed_from_seq": 0, "unconfirmed_from_ts": 1_699_999_999.5}
+    )
+    encoded = encode_message(owing)
+    assert encoded == BATCH_JSON[:-1] + (
+        b',"unconfirmed_from_seq":0,"unconfirmed_from_ts":1699999999.5}'
+    )
+    assert decode_message(TelemetryBatch, encoded) == owing
+    # A batch from before the field (BATCH_JSON) still parses, without it.
+    old = decode_message(TelemetryBatch, BATCH_JSON)
+    assert (old.unconfirmed_from_seq, old.unconfirmed_from_ts) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("owed", "match"),
+    [
+        # The batch's seqs are 1 and 2: they are among the readings owed.
+        ({"unconfirmed_from_seq": 2, "unconfirmed_from_ts": 1_700_000_000.0},
+         "unconfirmed_from_seq 2 is above the batch's lowest seq 1"),
+        ({"unconfirmed_from_seq": 1}, "go together"),
+        ({"unconfirmed_from_ts": 1_700_000_000.0}, "go together"),
+        ({"unconfirmed_from_seq": -1, "unconfirmed_from_ts": 1_700_000_000.0},
+         "unconfirmed_from_seq: Input should be greater than or equal to 0"),
+        ({"unconfirmed_from_seq": 0, "unconfirmed_from_ts": 1.0},
+         "unconfirmed_from_ts: Input should be greater than or equal to 946684800"),
+    ],
+)
+def test_what_a_batch_says_it_owes_is_checked(owed: dict[str, object], match: str) -> None:
+    data = json.loads(BATCH_JSON)
+    data.update(owed)
+    payload = json.dumps(data).encode()
+    with pytest.raises(MessageError, match=match):
+        decode_message(TelemetryBatch, payload)
+
+
 @pytest.mark.parametrize(
     ("model", "message", "payload"),
     [(RoundAnnouncement, ANNOUNCEMENT, ANNOUNCEMENT_JSON), (TelemetryBatch, BATCH, BATCH_JSON)],
