@@ -4,8 +4,11 @@ Devices reach Mosquitto through a loopback TCP proxy that, when cut, aborts ever
 connection and refuses new ones; ingest (a real ``fedge ingest`` process) is
 connected directly. The devices keep generating readings during the cut (paho
 queues QoS 1 publishes and re-sends them after reconnecting). Asserted: every
-reading is stored exactly once, and the readings of each device reached the broker
-in order (an observer subscribed directly records the first arrival of each seq).
+reading is stored exactly once, and every reading of each device reached the broker
+(an observer subscribed directly records the first arrival of each seq). Not in
+order, always: on a loaded machine a reading in flight at the cut was seen re-sent
+after ~800 newer ones (paho re-sends its in-flight window while new publishes go
+out); ingest stores by seq, so order does not matter for what is stored.
 """
 
 from __future__ import annotations
@@ -104,4 +107,4 @@ def test_network_cut_between_devices_and_broker(tmp_path: Path) -> None:
     assert all(n >= 1 for n in reconnects)  # the cut really broke every connection
     assert dict(got) == dict(want)  # every reading, exactly once
     for p in publishers:
-        assert order.first[p.device] == p.generated  # in order, none missing
+        assert sorted(order.first[p.device]) == p.generated  # none missing, none extra
