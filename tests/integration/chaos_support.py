@@ -45,6 +45,7 @@ __all__ = [
     "sqlite_seqs",
     "vm_seqs",
     "wait_for",
+    "wait_sqlite_settled",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -332,6 +333,17 @@ def sqlite_seqs(paths: Iterable[Path]) -> Counter[tuple[str, int]]:
             db.close()
         counts.update((str(device), int(seq)) for device, seq in rows)
     return counts
+
+
+def wait_sqlite_settled(db: Path, *, timeout: float = 30.0) -> bool:
+    """Wait until the SQLite sink's row count stopped moving (three equal looks, 0.5 s apart)."""
+    counts: list[int] = []
+
+    def settled() -> bool:
+        counts.append(sum(sqlite_seqs([db]).values()))
+        return len(counts) >= 3 and counts[-1] == counts[-3]
+
+    return wait_for(settled, timeout=timeout, interval=0.5)
 
 
 def vm_seqs(vm: VictoriaMetrics, fleet: str) -> Counter[tuple[str, int]]:

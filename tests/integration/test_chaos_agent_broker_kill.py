@@ -34,7 +34,12 @@ import pytest
 
 from fedge_app.servers import Mosquitto
 from tests.integration.agent_support import AgentThread
-from tests.integration.chaos_support import IngestProcess, sqlite_seqs, wait_for
+from tests.integration.chaos_support import (
+    IngestProcess,
+    sqlite_seqs,
+    wait_for,
+    wait_sqlite_settled,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -108,13 +113,7 @@ def test_confirming_agents_lose_nothing_to_a_broker_kill(tmp_path: Path) -> None
         ), [a.status() for a in agents]
         assert wait_for(lambda: control.status()[0] == 0, timeout=30.0)
         # The control's last readings are written (or lost) once ingest is idle.
-        last: list[int] = []
-
-        def settled() -> bool:
-            last.append(sum(sqlite_seqs([db]).values()))
-            return len(last) >= 3 and last[-1] == last[-3]
-
-        assert wait_for(settled, timeout=30.0, interval=0.5)
+        assert wait_sqlite_settled(db)
         for a in everyone:
             a.close()
         got = sqlite_seqs([db])

@@ -39,7 +39,12 @@ import pytest
 
 from fedge_app.servers import Mosquitto
 from tests.integration.agent_support import AgentThread
-from tests.integration.chaos_support import IngestProcess, sqlite_seqs, wait_for
+from tests.integration.chaos_support import (
+    IngestProcess,
+    sqlite_seqs,
+    wait_for,
+    wait_sqlite_settled,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -116,13 +121,7 @@ def test_a_fresh_ingest_vouches_for_no_reading_it_never_stored(tmp_path: Path) -
         assert wait_for(
             lambda: all(a.status()[:2] == (0, 0) for a in agents), timeout=60.0, interval=0.5
         ), [a.status() for a in agents]
-        last: list[int] = []
-
-        def settled() -> bool:
-            last.append(sum(sqlite_seqs([db]).values()))
-            return len(last) >= 3 and last[-1] == last[-3]
-
-        assert wait_for(settled, timeout=30.0, interval=0.5)
+        assert wait_sqlite_settled(db)
         for a in agents:
             a.close()
         got = sqlite_seqs([db])
