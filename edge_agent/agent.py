@@ -188,6 +188,9 @@ class EdgeAgent:
         self._commit: tuple[int, Callable[[], None]] | None = None
         self._postponed: int | None = None
         self._local: tuple[ModelSpec, FaultModel, torch.Tensor] | None = None
+        # The previous running model: the next global model is loaded into it to be
+        # vetted (ModelGate.vet's ``spare``) rather than into a newly built one.
+        self._spare: FaultModel | None = None
         self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
         self._current_cycle: int | None = None
@@ -565,6 +568,7 @@ class EdgeAgent:
                 floor=floor,
                 holdout=self._holdout_or_empty,
                 probe=self._probe_windows,
+                spare=self._spare,
             )
         except RefusedError as exc:
             known = [v for v in (self.model_version, floor) if v is not None]
@@ -577,7 +581,9 @@ class EdgeAgent:
                     self.refused_version, self.refused_reason = refusal
                     self.publish_status()
             raise
-        self.model, self.model_version = vetted.model, vetted.version
+        previous, self.model, self.model_version = self.model, vetted.model, vetted.version
+        # The model it replaces holds the next candidate (nothing else refers to it).
+        self._spare = previous if previous is not vetted.model else None
         if self.refused_version is not None and self.refused_version <= vetted.version:
             self.refused_version = self.refused_reason = None
         self.stats.models_received += 1
