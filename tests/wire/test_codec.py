@@ -341,13 +341,14 @@ def test_finite_check_is_exact_on_aligned_and_unaligned_bodies(aligned: bool, dt
         # The compact 180-byte header of earlier writers: tensors start 2 bytes off.
         return _raw_frame(HEADER_JSON, st_save(tensors))
 
-    values = np.linspace(-1.0, 1.0, 4099).astype(dtype)
+    # Large enough for the one-pass x @ x check where the array is aligned.
+    values = np.linspace(-1.0, 1.0, 20_003).astype(dtype)
     assert decode_frame(frame({"w": values}), copy=False).tensors["w"].flags.aligned is aligned
     # Finite values whose squares overflow (x @ x is inf) are still finite.
-    huge = np.full(1000, np.finfo(dtype).max, dtype)
+    huge = np.full(20_000, np.finfo(dtype).max, dtype)
     np.testing.assert_array_equal(decode_frame(frame({"w": huge})).tensors["w"], huge)
     for bad in (np.nan, np.inf, -np.inf):
-        for at in (0, 2048, 4098):
+        for at in (0, 10_001, 20_002):
             spoilt = values.copy()
             spoilt[at] = bad
             with pytest.raises(NonFiniteTensorError, match="'w'"):
