@@ -15,8 +15,10 @@ re-announcing a round the fleet has already answered. One file per round,
 
 * open (first record, written before the announcement is published): UTF-8 JSON
   ``{"announcement": "<the published JSON>", "expected": [device, ...]}``;
-* update (written and fsynced before the reply counts): topic length (uint16), the
-  topic, then the reply frame exactly as received;
+* update (written when the reply is accepted, fsynced before anything depends on
+  it: the replies a service step handles together share one fsync, see
+  :meth:`JournalStore.append`): topic length (uint16), the topic, then the reply
+  frame exactly as received;
 * close (written and fsynced before the round's results are published): UTF-8 JSON
   ``{"outcome": "completed" | "failed", "ts": <clock>}``.
 
@@ -27,7 +29,7 @@ unusable (only its round id, from the name, is known). The CRC guards against to
 and corrupted writes, not against an attacker who can write the checkpoint directory.
 
 :func:`encode_record` and :func:`parse_journal` are pure; :class:`JournalStore` does
-the file I/O (create, append + fsync, prune, load).
+the file I/O (create, append + fsync, group commit, prune, load).
 """
 
 from __future__ import annotations
@@ -224,6 +226,7 @@ class JournalStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._round: int | None = None
+        self._unsynced: int | None = None  # round whose journal has records not fsynced
 
     def path(self, round_id: int) -> Path:
         return self.directory / f"round-{round_id:06d}.journal"
@@ -256,6 +259,7 @@ class JournalStore:
 
     def open_round(self, round_id: int, record: bytes) -> None:
         """Start ``round_id``'s journal with its open ``record``, durably (file and name)."""
+        self.sync()
         self._round = None
         path = self.path(round_id)
         tmp = path.with_name(path.name + ".tmp")
@@ -275,23 +279,56 @@ class JournalStore:
         except OSError as exc:
             raise StorageError(f"cannot start journal {path}: {exc}") from exc
 
-    def append(self, round_id: int, record: bytes) -> None:
-        """Append ``record`` to the open round's journal and fsync it."""
+    def append(self, round_id: int, record: bytes, *, sync: bool = True) -> None:
+        """Append ``record`` to the open round's journal and fsync it.
+
+        ``sync=False`` writes it without the fsync (group commit): the caller runs
+        :meth:`sync` before anything may depend on the record, so that records
+        appended together cost one fsync. Every other method here syncs first.
+        """
         if self._round != round_id:
             raise StorageError(f"journal of round {round_id} is not open")
         try:
             with self.path(round_id).open("ab") as fh:
                 fh.write(record)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if sync:
+                    os.fsync(fh.fileno())
         except OSError as exc:
             raise StorageError(f"cannot append to journal {self.path(round_id)}: {exc}") from exc
+        if not sync:
+            self._unsynced = round_id
+        elif self._unsynced == round_id:
+            self._unsynced = None  # the fsync covered the earlier records of the file too
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether records appended with ``sync=False`` await :meth:`sync`."""
+        return self._unsynced is not None
+
+    def sync(self) -> None:
+        """fsync the records appended with ``sync=False`` (nothing to do if none).
+
+        fsync flushes the file, whichever descriptor wrote it. Raises StorageError;
+        the records then still await a sync.
+        """
+        round_id = self._unsynced
+        if round_id is None:
+            return
+        path = self.path(round_id)
+        try:
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise StorageError(f"cannot fsync journal {path}: {exc}") from exc
+        self._unsynced = None
 
     def reattach(self, round_id: int) -> None:
         """Continue appending to an existing journal (a round resumed after a restart).
 
         A torn tail is cut off first, so new records follow the last good one.
         """
+        self.sync()
         self._round = None
         path = self.path(round_id)
         try:
@@ -314,6 +351,8 @@ class JournalStore:
         for round_id in round_ids:
             if round_id == self._round:
                 self._round = None
+            if round_id == self._unsynced:
+                self._unsynced = None  # nothing left to make durable
             path = self.path(round_id)
             try:
                 if path.exists():
@@ -324,8 +363,11 @@ class JournalStore:
         return removed
 
     def close(self) -> None:
-        """Forget the open round (nothing is held open; every record is already on disk)."""
-        self._round = None
+        """Sync what awaits it and forget the open round (nothing is held open)."""
+        try:
+            self.sync()
+        finally:
+            self._round = None
 
     def _fsync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)

@@ -1,30 +1,39 @@
 """Aggregation cost on the server: fedge's streaming mean vs Flower's FedAvg, decoding included.
 
-    python benchmarks/aggregate.py [--quick] [--repeats 3]
+    python benchmarks/aggregate.py [--quick] [--repeats 5]
 
 For N clients in {10, 100, 1000} and models of P in {100k, 1M} float32 parameters
 (four tensors), the time and the peak of traced allocations to turn N update
-messages, as they arrive on the wire, into the weighted mean:
+messages, as they arrive on the wire, into the weighted mean. Each column includes:
 
-* **fedge**: per update ``decode_frame(copy=False)`` + ``UpdateValidator.validate``
+* **fedge**: per update ``decode_frame(copy=False)`` (prefix, pydantic header,
+  safetensors header, the NaN/inf check of every tensor) + ``UpdateValidator.validate``
   (header checks and ``parse_update`` against the template) +
   ``StreamingMean.add_encoded`` (float64 sums, block scratch), then ``result()`` —
-  what :class:`~aggregator.coordinator.RoundCoordinator` does per reply;
-* **flwr aggregate**: ``parameters_to_ndarrays`` of every ``FitRes`` then
+  what :class:`~aggregator.coordinator.RoundCoordinator` does per reply, minus its
+  duplicate digest and journal (I/O, measured by benchmarks/round.py);
+* **flwr aggregate**: ``parameters_to_ndarrays`` of every ``FitRes`` (its
+  deserialisation: ``np.load`` of each tensor) then
   ``flwr.server.strategy.aggregate.aggregate`` (FedAvg with ``inplace=False``);
 * **flwr aggregate_inplace**: ``aggregate_inplace(results)`` (FedAvg's default),
-  which decodes one result at a time and accumulates in float32.
+  which deserialises one result at a time and accumulates in float32.
 
 Inputs are built before timing: four distinct updates, reused round-robin (as
-bytes for fedge, as Flower ``Parameters`` of ``np.save`` bytes for Flower), so the
-inputs' memory is not the aggregator's. Peak memory is measured in a separate,
-untimed pass (tracemalloc slows allocation). ``flwr aggregate`` is skipped where it
-would hold more than ``--flwr-limit-gib`` of decoded copies (N x P x 8 bytes: the
-decoded arrays plus the weighted ones), i.e. N=1000 x P=1M. Results are checked
-against Flower's to float tolerance.
+frame bytes for fedge, as Flower ``Parameters`` of ``np.save`` bytes for Flower), so
+the inputs' memory is not the aggregator's. The three methods run interleaved,
+repeat by repeat, and the medians are reported (every time is in ``times_s``).
+Flower's ``aggregate`` allocates 2 x N x P x 4 bytes per call; its time depends on
+whether glibc serves them from heap kept since the previous call or faults fresh
+pages in (0.12-0.17 s vs 0.5-0.7 s at N=100, P=1M on the 2-core test machine), which
+the times show. Peak memory is measured in a separate, untimed pass (tracemalloc
+slows allocation). ``flwr aggregate`` is skipped where it would hold more than
+``--flwr-limit-gib`` of decoded copies (N x P x 8 bytes: the decoded arrays plus the
+weighted ones), i.e. N=1000 x P=1M. Results are checked against Flower's to float
+tolerance.
 
 Prints a table and writes ``benchmarks/results/aggregate.json`` (``cases``: n, p,
-fedge_s, fedge_peak_mib, flwr_aggregate_s, flwr_aggregate_peak_mib, flwr_inplace_s).
+fedge_s, fedge_peak_mib, flwr_aggregate_s, flwr_aggregate_peak_mib, flwr_inplace_s,
+flwr_inplace_peak_mib, max_abs_diff_vs_flwr, times_s).
 """
 
 from __future__ import annotations
@@ -132,14 +141,18 @@ def _flwr_inplace(fits: list[Any], n: int) -> list[np.ndarray]:
     return aggregate_inplace([(None, fits[i % len(fits)]) for i in range(n)])  # type: ignore[no-any-return]
 
 
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def _times(fns: dict[str, Callable[[], object] | None], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each method, interleaved repeat by repeat (load hits them alike)."""
+    times: dict[str, list[float]] = {name: [] for name, fn in fns.items() if fn is not None}
     for _ in range(repeats):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if fn is None:
+                continue
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _peak_mib(fn: Callable[[], object]) -> float:
@@ -163,10 +176,12 @@ def run_case(n: int, p: int, *, repeats: int, flwr_limit_gib: float) -> dict[str
     theirs = _flwr_inplace(fits, n)
     worst = max(float(np.max(np.abs(ours[k] - t))) for k, t in zip(names, theirs, strict=True))
     big = n * params * 8 > flwr_limit_gib * 2**30
-    # Interleaved, so that load from other processes hits every method alike.
-    fedge_s = _time(lambda: _fedge(base, frames, n), repeats)
-    inplace_s = _time(lambda: _flwr_inplace(fits, n), repeats)
-    aggregate_s = None if big else _time(lambda: _flwr_aggregate(fits, n), repeats)
+    times = _times({"fedge": lambda: _fedge(base, frames, n),
+                    "flwr_inplace": lambda: _flwr_inplace(fits, n),
+                    "flwr_aggregate": None if big else lambda: _flwr_aggregate(fits, n)}, repeats)
+    fedge_s = statistics.median(times["fedge"])
+    inplace_s = statistics.median(times["flwr_inplace"])
+    aggregate_s = None if big else statistics.median(times["flwr_aggregate"])
     return {
         "n": n,
         "p": params,
@@ -179,13 +194,14 @@ def run_case(n: int, p: int, *, repeats: int, flwr_limit_gib: float) -> dict[str
         "flwr_inplace_peak_mib": round(_peak_mib(lambda: _flwr_inplace(fits, n)), 2),
         "max_abs_diff_vs_flwr": worst,
         "flwr_aggregate_skipped": big,
+        "times_s": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
     }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="N in {10, 100}, one repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--flwr-limit-gib", type=float, default=3.0)
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

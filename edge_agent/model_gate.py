@@ -68,12 +68,17 @@ class ModelGate:
         floor: int | None,
         holdout: Callable[[ModelSpec], WindowDataset],
         probe: Callable[[ModelSpec], np.ndarray | None],
+        spare: FaultModel | None = None,
     ) -> Vetted:
         """Build ``frame``'s model and check it; raise RefusedError (or FrameError).
 
         ``floor``: the highest version this device ever ran (None if none).
         ``holdout(spec)``: the device's held-out windows for ``spec``; ``probe(spec)``:
         some stored windows for the smoke pass (None if the device has none yet).
+        ``spare``: a model nothing else uses (the agent's previous running model):
+        if it has the frame's spec, the candidate is loaded into it (every tensor of
+        its state, as into a new one) instead of building a model, which is most of
+        this check's cost.
         """
         header = frame.header
         version = header.version
@@ -93,7 +98,8 @@ class ModelGate:
             authenticated=self.authenticated,
             limits=self.limits,
         )
-        candidate = build_model(spec)
+        reuse = spare is not None and spare is not running and spare.spec == spec
+        candidate = spare if reuse and spare is not None else build_model(spec)
         load_tensors(candidate, frame.tensors)
         windows = probe(spec)
         if windows is not None and windows.shape[0]:

@@ -11,6 +11,13 @@ Layout of a v1 frame, all integers big-endian::
     10+H    ...   body: safetensors bytes (tensor name -> array), or one zstd frame
                   holding them when flags bit 0 is set
 
+Writers pad the header with spaces before its closing brace so that the body starts
+at a multiple of :data:`BODY_ALIGNMENT` bytes (:func:`align_header`); safetensors
+pads its own header to 8 bytes, so the tensors of a frame held in an aligned buffer
+(a Python ``bytes``) are aligned too, and numpy reads them at full speed (unaligned
+float32 arrays take a buffered path ~2x slower to check for NaN). Readers accept any
+header length: the padding is JSON whitespace.
+
 The header's ``codec`` is ``"safetensors"`` (plain float32 tensors, as in the first
 v1 frames, which still decode byte for byte) or an
 :class:`~fedge.compression.UpdateCodec` describing how the body encodes an update.
@@ -27,6 +34,7 @@ must be finite.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Mapping
@@ -46,6 +54,7 @@ from fedge.spec import ModelSpec
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "BODY_ALIGNMENT",
     "DEFAULT_MAX_FRAME_BYTES",
     "FLAG_ZSTD",
     "FRAME_MAGIC",
@@ -55,6 +64,7 @@ __all__ = [
     "FrameHeader",
     "FrameKind",
     "Tensors",
+    "align_header",
     "contiguous",
     "decode_frame",
     "encode_frame",
@@ -66,6 +76,8 @@ FLAG_ZSTD: Final = 0x01
 _KNOWN_FLAGS: Final = FLAG_ZSTD
 _PREFIX = struct.Struct(">4sBBI")
 MAX_HEADER_BYTES = 64 * 1024
+BODY_ALIGNMENT: Final = 8
+_DOT_MIN: Final = 1 << 14  # measured crossover of x @ x vs isfinite(x).all()
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 ALLOWED_DTYPES = frozenset(
     np.dtype(t)
@@ -118,12 +130,45 @@ def contiguous(array: np.ndarray) -> np.ndarray:
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
 
 
+def align_header(header: bytes, *, grows_by: int = 0) -> bytes:
+    """``header`` (a JSON object) padded so that the body after it starts aligned.
+
+    Spaces go before the closing brace (any already there are replaced), as many as
+    make ``prefix + header`` a multiple of :data:`BODY_ALIGNMENT` bytes once the
+    header has grown by ``grows_by`` more (a signature appended after its last key).
+    """
+    if not header.endswith(b"}"):
+        raise ValueError("a frame header is a JSON object")
+    core = header[:-1].rstrip(b" ")
+    pad = -(_PREFIX.size + len(core) + 1 + grows_by) % BODY_ALIGNMENT
+    return core + b" " * pad + b"}"
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No NaN or infinity in a float array, in one pass where numpy allows.
+
+    For aligned float32/float64 arrays, ``x @ x`` (one BLAS pass, no temporary) is
+    NaN or infinite if any entry is, and is finite otherwise unless huge finite
+    entries overflow it, which the exact ``isfinite`` pass then settles. Below
+    :data:`_DOT_MIN` entries ``isfinite`` is the cheaper of the two.
+    """
+    if array.size >= _DOT_MIN and array.dtype.itemsize >= 4 and array.flags.aligned:
+        flat = array.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(float(np.dot(flat, flat))):
+                return True
+    return bool(np.isfinite(array).all())
+
+
 def encode_frame(header: FrameHeader, tensors: Mapping[str, np.ndarray]) -> bytes:
-    """Serialise a header and tensors into one v1 frame (zstd body if the codec says so)."""
+    """Serialise a header and tensors into one v1 frame (zstd body if the codec says so).
+
+    The header is compact JSON padded to align the body (:func:`align_header`).
+    """
     for name, array in tensors.items():
         if np.dtype(array.dtype) not in ALLOWED_DTYPES:
             raise FrameError(f"tensor {name!r} has unsupported dtype {array.dtype}")
-    header_bytes = header.model_dump_json(exclude_none=True).encode()
+    header_bytes = align_header(header.model_dump_json(exclude_none=True).encode())
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise FrameError(f"header of {len(header_bytes)} bytes exceeds {MAX_HEADER_BYTES}")
     # safetensors wants C-contiguous arrays; ascontiguousarray is a no-op when they are.
@@ -223,7 +268,7 @@ def decode_frame(
     for name, array in tensors.items():
         if array.dtype not in ALLOWED_DTYPES:
             raise FrameError(f"tensor {name!r} has unsupported dtype {array.dtype}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if array.dtype.kind == "f" and not _all_finite(array):
             raise NonFiniteTensorError(f"tensor {name!r} contains NaN or infinity")
     if copy:
         tensors = {name: array.copy() for name, array in tensors.items()}

@@ -10,6 +10,7 @@ third of a 5k-parameter model's int4 payload).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,11 +68,21 @@ class Layout:
 
 
 def build_layout(template: Mapping[str, np.ndarray], codec: UpdateCodec) -> Layout:
-    """Layout of ``template`` (only names and shapes are read) under ``codec``."""
+    """Layout of ``template`` (only names and shapes are read) under ``codec``.
+
+    Layouts are immutable and the aggregator asks for the same one for every reply
+    of a round: the last few are cached by names, shapes and codec.
+    """
+    shapes = tuple((name, tuple(int(d) for d in np.shape(template[name])))
+                   for name in sorted(template))
+    return _layout(shapes, codec)
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(shapes: tuple[tuple[str, tuple[int, ...]], ...], codec: UpdateCodec) -> Layout:
     slots: list[Slot] = []
     offset = scale_offset = kept_offset = 0
-    for name in sorted(template):
-        shape = tuple(int(d) for d in np.shape(template[name]))
+    for name, shape in shapes:
         size = math.prod(shape)
         if codec.granularity == "channel" and len(shape) >= 2:
             n_scales = shape[0]

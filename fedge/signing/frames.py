@@ -4,8 +4,11 @@ The signature travels as the *last* key of the frame's JSON header::
 
     ...,"signature":"ed25519:<signer>:<base64 of 64 bytes>"}
 
-so the header length in the 10-byte prefix grows by the length of that key. It is
-an Ed25519 signature over::
+so the header length in the 10-byte prefix grows by the length of that key. The
+signer first re-pads the spaces before the unsigned header's closing brace so that
+the signed frame's body still starts 8-byte aligned (:func:`fedge.codec.align_header`);
+that padding is part of the unsigned header, hence signed. It is an Ed25519
+signature over::
 
     b"fedge-v1\\0frame\\0" + topic (UTF-8) + b"\\0" + signer (ASCII) + b"\\0"
     + the unsigned prefix: magic b"FEDG", format version, flags, uint32 BE header length
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 
 from pydantic_core import from_json
 
-from fedge.codec import DEFAULT_MAX_FRAME_BYTES, FRAME_MAGIC, MAX_HEADER_BYTES
+from fedge.codec import DEFAULT_MAX_FRAME_BYTES, FRAME_MAGIC, MAX_HEADER_BYTES, align_header
 from fedge.errors import FrameError, RejectReason, SignatureError, TopicError
 from fedge.signing.binding import FRAME_CONTEXT, SIGNATURE_PATTERN, signer_for_topic, topic_bytes
 from fedge.signing.keys import KeyRegistry, SigningKey
@@ -46,6 +49,7 @@ __all__ = [
 
 _PREFIX = struct.Struct(">4sBBI")  # the layout of fedge.codec v1: magic, version, flags, H
 _SIG_KEY = b',"signature":"ed25519:'
+_SIG_B64_LEN = 88  # base64 of a 64-byte Ed25519 signature
 _SIG_TAIL = re.compile(
     rb"([A-Za-z0-9][A-Za-z0-9_.-]{0,63}):(" + SIGNATURE_PATTERN.encode() + rb')"\}'
 )
@@ -129,6 +133,10 @@ def sign_frame(frame: bytes, key: SigningKey, topic: str) -> bytes:
         raise FrameError("cannot sign: header must be a non-empty compact JSON object")
     if "signature" in obj:
         raise FrameError("cannot sign: frame header already has a signature")
+    # Re-pad the unsigned header so that the *signed* one keeps the body aligned
+    # (fedge.codec.align_header); the padding is signed like the rest of it.
+    tail_len = len(_SIG_KEY) + len(key.signer) + 1 + _SIG_B64_LEN + len(b'"}')
+    header = align_header(header, grows_by=tail_len - 1)
     signature = key.sign(
         frame_signing_bytes(
             topic,

@@ -24,3 +24,28 @@ def test_mqtt_socket_has_tcp_nodelay(mosquitto: BrokerProcess) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         transport.close()
+
+
+def test_incoming_topics_are_matched_like_paho_matches_them() -> None:
+    # The transport drops messages on topics it did not subscribe to (amqtt hands out
+    # foreign retained ones). Its matcher is built once per subscribe; the answers must
+    # be paho's own topic_matches_sub for every filter.
+    import paho.mqtt.client as mqtt
+
+    filters = ["fedge/v1/f/rounds/current", "fedge/v1/f/devices/+/status",
+               "fedge/v1/f/rounds/+/updates/#", "$share/ingest/fedge/v1/f/telemetry/+"]
+    topics = ["fedge/v1/f/rounds/current", "fedge/v1/f/rounds/currentx",
+              "fedge/v1/f/devices/pump-1/status", "fedge/v1/f/devices/pump-1/status/x",
+              "fedge/v1/f/rounds/3/updates", "fedge/v1/f/rounds/3/updates/pump-1",
+              "fedge/v1/f/rounds/3/updates/pump-1/chunks", "fedge/v1/f/telemetry/pump-1",
+              "fedge/v1/f/telemetry", "$SYS/broker/uptime", "other/topic", ""]
+    transport = PahoTransport(BrokerEndpoint(host="127.0.0.1", port=1), client_id="matcher")
+    assert not any(transport._subscribed_to(t) for t in topics)
+    for f in filters:
+        transport.subscribe(f)  # not connected: only remembered
+    plain = [f.split("/", 2)[2] if f.startswith("$share/") else f for f in filters]
+    for topic in topics:
+        expected = any(mqtt.topic_matches_sub(f, topic) for f in plain)
+        assert transport._subscribed_to(topic) is expected, topic
+    assert transport._subscribed_to("fedge/v1/f/rounds/3/updates/pump-1")
+    assert not transport._subscribed_to("$SYS/broker/uptime")

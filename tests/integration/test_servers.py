@@ -76,6 +76,8 @@ def test_mosquitto_kill_and_restart_on_the_same_port(tmp_path: Path) -> None:
     assert (tmp_path / "mosquitto.conf").read_text().startswith(
         "user root\n" if os.geteuid() == 0 else "listener"
     )
+    # As the shipped config: the broker sends small packets without Nagle's delay.
+    assert "set_tcp_nodelay true" in (tmp_path / "mosquitto.conf").read_text().splitlines()
 
 
 @pytest.mark.timeout(60)

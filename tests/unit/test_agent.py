@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -439,6 +440,36 @@ def test_background_training_publishes_when_done(tmp_path: Path) -> None:
     frame = decode_frame(msg.payload)
     assert frame.header.kind == "update" and frame.header.num_examples > 0
     assert agent.stats.answered_rounds == [2]
+    agent.stop()
+    agent.store.close()
+
+
+def test_a_finished_job_is_published_even_before_its_thread_has_exited(tmp_path: Path) -> None:
+    # The worker fills the box, then wakes the agent thread, then exits: the agent must
+    # not wait for the exit (it used to, and the update then waited for the next poll).
+    broker = InMemoryBroker()
+    rec = Recorder(broker, TOPICS.all_updates)
+    agent = make_agent(tmp_path, broker, background_training=True)
+    agent.start()
+    ann = RoundAnnouncement(fleet=FLEET, round_id=2, task="train", base_version=1,
+                            issued_at=time.time(), deadline=time.time() + 60, min_clients=1)
+    header = FrameHeader(kind="update", fleet=FLEET, device="dev-1", round_id=2,
+                         base_version=1, num_examples=3)
+    frame = encode_frame(header, {"w": np.zeros(2, np.float32)})
+    release = threading.Event()
+    lingering = threading.Thread(target=release.wait, args=(10.0,), daemon=True)
+    lingering.start()
+    try:
+        agent._job = (ann, lingering, [])
+        agent.step()
+        assert not rec.on(TOPICS.update(2, "dev-1")) and agent._job is not None  # running
+        agent._job[2].append(frame)  # done, the thread not yet gone
+        agent.step()
+        (msg,) = rec.on(TOPICS.update(2, "dev-1"))
+        assert msg.payload == frame and agent._job is None
+    finally:
+        release.set()
+        lingering.join(timeout=10.0)
     agent.stop()
     agent.store.close()
 

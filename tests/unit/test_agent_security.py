@@ -21,6 +21,7 @@ from fedge.codec import FrameHeader, decode_frame, encode_frame
 from fedge.config import AgentConfig
 from fedge.data.simulator import SENSOR_NAMES, SiteProfile
 from fedge.data.windows import FeatureStats
+from fedge.limits import AgentLimits
 from fedge.messages import (
     DeviceStatus,
     Prediction,
@@ -374,6 +375,62 @@ def test_a_signed_model_worse_on_holdout_is_kept_out(tmp_path: Path) -> None:
     assert agent.model_version == 3 and agent.refused_version is None
     agent.stop()
     agent.store.close()
+
+
+def test_models_are_vetted_in_the_replaced_one_and_a_refusal_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    # From the second model on, a candidate is loaded into the model it would replace
+    # (no model built per global model). A refused candidate spoils only that spare.
+    _, agent, aggregator = started(tmp_path)
+    for i in range(40):
+        agent._sample(time.time() + i)  # a live unit to predict on
+    good = trained(agent, normalised(agent))
+    better = trained(agent, good)
+    deliver(agent, aggregator, TOPICS.global_model, model_frame(1, good))
+    first = agent.model
+    deliver(agent, aggregator, TOPICS.global_model, model_frame(2, better))
+    second = agent.model
+    assert agent.model_version == 2 and second is not first
+    deliver(agent, aggregator, TOPICS.global_model, model_frame(3, negated(better)))
+    assert agent.model_version == 2 and agent.model is second  # refused, vetted in `first`
+    assert agent.stats.refused == {"worse_on_holdout": 1}
+    deliver(agent, aggregator, TOPICS.global_model, model_frame(4, good))
+    assert agent.model_version == 4 and agent.model is first
+    # Loaded into the spoilt spare, it is the good model through and through.
+    fresh = build_model(SPEC)
+    load_tensors(fresh, good)
+    for name, value in state_tensors(fresh).items():
+        np.testing.assert_array_equal(state_tensors(agent.model)[name], value, err_msg=name)
+    window = agent._live_window(SPEC)
+    assert window is not None
+    prediction = agent.predict_and_publish()
+    assert prediction is not None and prediction.model_version == 4
+    assert prediction.rul == pytest.approx(float(predict(fresh, window)[0][0]), rel=1e-6)
+    agent.stop()
+    agent.store.close()
+
+
+def test_a_spare_of_another_spec_or_the_running_model_is_not_reused() -> None:
+    gate = ModelGate(limits=AgentLimits(), margin=None, authenticated=True)
+    tensors = state_tensors(build_model(SPEC, seed=4))
+    frame = decode_frame(model_frame(5, tensors))
+    other = build_model(SPEC.model_copy(update={"hidden": SPEC.hidden + 1}))
+    running = build_model(SPEC)
+    spare = build_model(SPEC)
+
+    def vet(spare_model: Any) -> Any:
+        return gate.vet(frame, running=running, running_version=4, floor=4,
+                        holdout=lambda spec: WindowDataset.concat(
+                            [], n_features=spec.n_features, window=spec.window),
+                        probe=lambda spec: None, spare=spare_model).model
+
+    assert vet(spare) is spare
+    for unusable in (other, running, None):
+        built = vet(unusable)
+        assert built is not unusable and built is not running and built is not spare
+        for name, value in tensors.items():
+            np.testing.assert_array_equal(state_tensors(built)[name], value, err_msg=name)
 
 
 def test_the_first_model_and_version_0_are_not_compared(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -155,6 +156,80 @@ def test_store_writes_appends_loads_and_prunes(tmp_path: Path) -> None:
     assert store.round_ids() == [4]
     assert not list((tmp_path / "ckpt").glob("*.tmp"))
     store.close()
+
+
+class FsyncLog:
+    """Wraps os.fsync (still called): the inode of every file or directory synced."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inodes: list[int] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            self.inodes.append(os.fstat(fd).st_ino)
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def count(self, path: Path) -> int:
+        return self.inodes.count(path.stat().st_ino)
+
+
+def test_group_commit_writes_records_at_once_and_syncs_them_with_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JournalStore(tmp_path)
+    store.open_round(3, open_record(ANN, []))
+    path = tmp_path / "round-000003.journal"
+    fsyncs = FsyncLog(monkeypatch)
+    assert not store.unsynced
+    for n in (1, 2, 3):
+        store.append(3, update_record(TOPIC, b"frame-%d" % n), sync=False)
+    # Written (a crash of the process keeps them), not yet fsynced.
+    assert [e.payload for e in parse_journal(3, path.read_bytes()).entries] == [
+        b"frame-1", b"frame-2", b"frame-3"]
+    assert store.unsynced and fsyncs.count(path) == 0
+    store.sync()
+    assert not store.unsynced and fsyncs.count(path) == 1
+    store.sync()  # nothing left: no second fsync
+    assert fsyncs.count(path) == 1
+    # A synced append covers what was written before it in the same file.
+    store.append(3, update_record(TOPIC, b"frame-4"), sync=False)
+    store.append(3, close_record("completed", 1.0))
+    assert not store.unsynced and fsyncs.count(path) == 2
+
+
+def test_everything_that_moves_on_syncs_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    store = JournalStore(tmp_path)
+    store.open_round(3, open_record(ANN, []))
+    path = tmp_path / "round-000003.journal"
+    fsyncs = FsyncLog(monkeypatch)
+    store.append(3, update_record(TOPIC, b"frame-1"), sync=False)
+    store.open_round(4, open_record(ANN, []))  # the next round's journal
+    assert fsyncs.count(path) == 1 and not store.unsynced
+    four = tmp_path / "round-000004.journal"
+    created = fsyncs.count(four)  # open_round made the new file durable
+    store.append(4, update_record(TOPIC, b"frame-1"), sync=False)
+    store.close()
+    assert fsyncs.count(four) == created + 1 and not store.unsynced
+    store.reattach(4)
+    store.append(4, update_record(TOPIC, b"frame-2"), sync=False)
+    assert store.delete([4]) == 1
+    assert not store.unsynced  # a deleted journal has nothing left to sync
+    store.sync()
+
+
+def test_a_failing_sync_raises_storage_error_and_keeps_the_records_pending(
+    tmp_path: Path
+) -> None:
+    store = JournalStore(tmp_path)
+    store.open_round(3, open_record(ANN, []))
+    store.append(3, update_record(TOPIC, b"frame-1"), sync=False)
+    (tmp_path / "round-000003.journal").unlink()  # the file is gone before its fsync
+    with pytest.raises(StorageError, match="cannot fsync journal"):
+        store.sync()
+    assert store.unsynced
 
 
 def test_reattach_cuts_a_torn_tail_before_appending(tmp_path: Path) -> None:

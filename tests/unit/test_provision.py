@@ -173,6 +173,7 @@ def test_conf_is_tls_only_authenticated_and_bound_to_identities(fleet: Provision
         "autosave_on_changes false",
         "persistent_client_expiration 7d",
         f"max_packet_size {16 * 1024 * 1024 + 64 * 1024}",
+        "set_tcp_nodelay true",
         "log_dest stderr",
     ):
         assert needed in lines, needed
@@ -223,6 +224,7 @@ def test_shipped_demo_conf_allows_anonymous_only_on_loopback() -> None:
     assert lines.index("per_listener_settings true") < lines.index("listener 1883 127.0.0.1")
     assert lines.index("listener 1883 127.0.0.1") < lines.index("allow_anonymous true")
     assert "fedge broker provision" in (BROKER / "mosquitto.conf").read_text()
+    assert "set_tcp_nodelay true" in lines  # no Nagle delay on what the broker sends
 
 
 # Keys, registry, certificates ----------------------------------------------------------------

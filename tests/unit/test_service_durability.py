@@ -7,6 +7,7 @@ journals are real files in a temp directory.
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from aggregator.checkpoint import CheckpointDirectoryError, CheckpointStore
-from aggregator.journal import JournalStore
+from aggregator.journal import JournalStore, parse_journal
 from aggregator.service import AggregatorService
 from fedge.codec import decode_frame
 from fedge.config import AggregatorConfig
@@ -209,7 +210,7 @@ def test_a_failing_journal_write_is_counted_and_the_round_goes_on(
     fleet.online()
     svc.step(timeout=0)
 
-    def broken(self: JournalStore, round_id: int, record: bytes) -> None:
+    def broken(self: JournalStore, round_id: int, record: bytes, *, sync: bool = True) -> None:
         raise StorageError("I/O error")
 
     monkeypatch.setattr(JournalStore, "append", broken)
@@ -219,6 +220,48 @@ def test_a_failing_journal_write_is_counted_and_the_round_goes_on(
     assert svc.stats.journal_failures == 4  # three replies and the close
     assert svc.history[-1].outcome == "completed"
     assert fleet.versions()[-1] == 1
+
+
+def test_replies_handled_in_one_step_share_one_fsync_before_the_round_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: Factory
+) -> None:
+    broker, clock = InMemoryBroker(), Clock()
+    fleet = Fleet(broker)
+    svc = service(config(tmp_path), broker, clock)
+    fleet.online()
+    svc.step(timeout=0)
+    watched = {"inode": (tmp_path / "ckpt" / "round-000000.journal").stat().st_ino}
+    events: list[str] = []
+    real_fsync, real_save = os.fsync, CheckpointStore.save
+
+    def fsync(fd: int) -> None:
+        ours = os.fstat(fd).st_ino == watched["inode"]
+        events.append("fsync journal" if ours else "fsync other")
+        real_fsync(fd)
+
+    def save(self: CheckpointStore, checkpoint: object) -> Path:
+        # What the journal holds when the round's results start to be made durable.
+        entries = parse_journal(0, (tmp_path / "ckpt" / "round-000000.journal").read_bytes())
+        events.append(f"save with {len(entries.entries)} replies journaled")
+        return real_save(self, checkpoint)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    for d in DEVICES:
+        fleet.answer(d, 0)
+    svc.step(timeout=0)  # the three replies are drained together; the third closes round 0
+    assert svc.history[-1].outcome == "completed"
+    # One fsync for the three replies, one for the close record, then the checkpoint.
+    assert events[:3] == ["fsync journal", "fsync journal", "save with 3 replies journaled"]
+
+    round_1 = tmp_path / "ckpt" / "round-000001.journal"
+    watched["inode"] = round_1.stat().st_ino
+    events.clear()
+    fleet.answer("pump-01", 1, base_version=1)
+    svc.step(timeout=0)  # one reply, round 1 stays open: synced before step returns
+    assert events == ["fsync journal"]
+    assert len(parse_journal(1, round_1.read_bytes()).entries) == 1
+    assert not svc.journal.unsynced
 
 
 def test_journal_gone_the_restarted_aggregator_opens_a_fresh_round_id(

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import save as st_save
 
 from fedge.codec import (
     ALLOWED_DTYPES,
+    BODY_ALIGNMENT,
     FRAME_MAGIC,
     FRAME_VERSION,
     MAX_HEADER_BYTES,
     FrameHeader,
+    align_header,
     decode_frame,
     encode_frame,
 )
@@ -65,24 +68,50 @@ VALID_BODY = _st_body("F32", [2], np.array([1.0, 2.0], "<f4").tobytes())
 # Exact bytes -------------------------------------------------------------------------------
 
 
-def test_prefix_bytes_and_compact_header_json_are_exact() -> None:
+def test_prefix_bytes_and_padded_compact_header_json_are_exact() -> None:
     frame = encode_frame(_header(), {"w": np.array([1.0, 2.0], np.float32)})
     assert frame[:4] == b"FEDG"
     assert frame[4] == 1  # format version
     assert frame[5] == 0  # flags
-    assert frame[6:10] == len(HEADER_JSON).to_bytes(4, "big")
+    # Compact JSON, then two spaces before its closing brace: 10 + 182 = 192 puts the
+    # body (and, safetensors padding its own header to 8, the tensors) 8-byte aligned.
     assert len(HEADER_JSON) == 180
-    assert frame[:10] == b"FEDG\x01\x00\x00\x00\x00\xb4"
-    assert frame[10 : 10 + 180] == HEADER_JSON
+    padded = HEADER_JSON[:-1] + b"  }"
+    assert frame[6:10] == len(padded).to_bytes(4, "big")
+    assert frame[:10] == b"FEDG\x01\x00\x00\x00\x00\xb6"
+    assert frame[10 : 10 + 182] == padded
     # The rest is the safetensors body, starting with its own little-endian header length.
-    body = frame[10 + 180 :]
+    body = frame[10 + 182 :]
     (st_header_len,) = struct.unpack("<Q", body[:8])
+    assert st_header_len % 8 == 0
     assert json.loads(body[8 : 8 + st_header_len])["w"] == {
         "dtype": "F32",
         "shape": [2],
         "data_offsets": [0, 8],
     }
     assert body[8 + st_header_len :] == np.array([1.0, 2.0], "<f4").tobytes()
+    assert decode_frame(frame, copy=False).tensors["w"].flags.aligned
+
+
+@pytest.mark.parametrize("header_len", [2, 3, 180, 181, 185, 186])
+def test_align_header_pads_before_the_closing_brace(header_len: int) -> None:
+    header = b"{" + b"x" * (header_len - 2) + b"}"
+    padded = align_header(header)
+    assert (10 + len(padded)) % BODY_ALIGNMENT == 0
+    assert padded.rstrip(b" }") == header[:-1] and len(padded) - len(header) < BODY_ALIGNMENT
+    assert align_header(padded) == padded  # padding again changes nothing
+    grown = align_header(header, grows_by=5)
+    assert (10 + len(grown) + 5) % BODY_ALIGNMENT == 0
+    with pytest.raises(ValueError, match="JSON object"):
+        align_header(b"[]")
+
+
+def test_frames_from_other_writers_still_decode_unaligned() -> None:
+    # A compact (unpadded) header as earlier v1 writers sent it: any length is valid.
+    data = _raw_frame(HEADER_JSON, VALID_BODY)
+    decoded = decode_frame(data)
+    assert decoded.header == _header()
+    np.testing.assert_array_equal(decoded.tensors["x"], [1.0, 2.0])
 
 
 def test_constants_match_the_spec() -> None:
@@ -172,7 +201,7 @@ def test_truncated_prefix(size: int) -> None:
 
 def test_truncated_header() -> None:
     frame = _valid_frame()
-    with pytest.raises(FrameError, match="truncated frame: header needs 180 bytes"):
+    with pytest.raises(FrameError, match="truncated frame: header needs 182 bytes"):
         decode_frame(frame[: 10 + 100])
 
 
@@ -301,6 +330,31 @@ def test_non_finite_tensor(bad: float, dtype: type) -> None:
     data = encode_frame(_header(), {"ok": np.ones(3, dtype), "bad": np.array([0.0, bad], dtype)})
     with pytest.raises(NonFiniteTensorError, match="'bad'"):
         decode_frame(data)
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_check_is_exact_on_aligned_and_unaligned_bodies(aligned: bool, dtype: type) -> None:
+    def frame(tensors: dict[str, np.ndarray]) -> bytes:
+        if aligned:
+            return encode_frame(_header(), tensors)
+        # The compact 180-byte header of earlier writers: tensors start 2 bytes off.
+        return _raw_frame(HEADER_JSON, st_save(tensors))
+
+    # Large enough for the one-pass x @ x check where the array is aligned.
+    values = np.linspace(-1.0, 1.0, 20_003).astype(dtype)
+    assert decode_frame(frame({"w": values}), copy=False).tensors["w"].flags.aligned is aligned
+    # Finite values whose squares overflow (x @ x is inf) are still finite.
+    huge = np.full(20_000, np.finfo(dtype).max, dtype)
+    np.testing.assert_array_equal(decode_frame(frame({"w": huge})).tensors["w"], huge)
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in (0, 10_001, 20_002):
+            spoilt = values.copy()
+            spoilt[at] = bad
+            with pytest.raises(NonFiniteTensorError, match="'w'"):
+                decode_frame(frame({"w": spoilt}))
+        with pytest.raises(NonFiniteTensorError, match="'w'"):
+            decode_frame(frame({"w": np.concatenate([huge, [bad]]).astype(dtype)}))
 
 
 def test_non_finite_error_is_a_frame_error() -> None:

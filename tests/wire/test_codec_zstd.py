@@ -62,9 +62,10 @@ def test_compressed_frame_prefix_header_and_body_are_exact() -> None:
     enc = _encoded()
     frame = encode_frame(_header(), enc)
     assert len(HEADER_JSON) == 280
-    assert frame[:10] == b"FEDG\x01\x01\x00\x00\x01\x18"  # flags bit 0: zstd body
-    assert frame[10 : 10 + 280] == HEADER_JSON
-    body = frame[10 + 280 :]
+    # Six spaces before the closing brace: 10 + 286 starts the body 8-byte aligned.
+    assert frame[:10] == b"FEDG\x01\x01\x00\x00\x01\x1e"  # flags bit 0: zstd body
+    assert frame[10 : 10 + 286] == HEADER_JSON[:-1] + b"      }"
+    body = frame[10 + 286 :]
     assert body[:4] == b"\x28\xb5\x2f\xfd"  # zstd frame magic
     params = zstandard.get_frame_parameters(body)
     plain = st_save(enc)

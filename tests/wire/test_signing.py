@@ -24,6 +24,7 @@ from fedge.signing import (
     KeyRegistry,
     ReplayGuard,
     SigningKey,
+    frame_signature,
     frame_signing_bytes,
     message_signing_bytes,
     sign_frame,
@@ -71,8 +72,11 @@ BODY = (
     b"\x00\x00\x80?\x00\x00\x00\xc0"
 )
 FRAME = b"FEDG\x01\x00" + struct.pack(">I", len(HEADER)) + HEADER + BODY
+# The signer pads the unsigned header so that the signed one keeps the body 8-byte
+# aligned: 10 + (164 + 3 - 1 + len(',"signature":"ed25519:pump-03:') + 88 + 2) = 296.
+PADDED_HEADER = HEADER[:-1] + b"   }"
 FRAME_SIG_B64 = (
-    "/IVskKOiphLiL7HaP02y46xv8lMB2VTFnVj8IBk7VcpZGAXa7psk+ebVewjo67NiIZZB2ZZBgJSzgHs1Z9LGDA=="
+    "vyINeF3v3zV6NL+5N+Ddu4vcAw1WwduCUtcAxaUlXeEKQKxxVvRrVkdOfHkhf5FHxaveTKkaHDo7T2FPeEg9Aw=="
 )
 
 
@@ -138,12 +142,34 @@ def test_frame_signing_bytes_layout_and_signed_frame() -> None:
     assert got == expected
     assert expected.startswith(FRAME_CONTEXT)
     signed = sign_frame(FRAME, DEVICE, UPDATE_TOPIC)
-    signed_header = HEADER[:-1] + b',"signature":"ed25519:pump-03:' + FRAME_SIG_B64.encode() + b'"}'
-    assert len(signed_header) - len(HEADER) == len(',"signature":"ed25519:pump-03:') + 88 + 1
-    assert signed == b"FEDG\x01\x00" + struct.pack(">I", len(signed_header)) + signed_header + BODY
-    Ed25519PublicKey.from_public_bytes(DEVICE.verify_key.raw).verify(
-        base64.b64decode(FRAME_SIG_B64), expected
+    assert len(HEADER) == 164
+    signed_header = (
+        PADDED_HEADER[:-1] + b',"signature":"ed25519:pump-03:' + FRAME_SIG_B64.encode() + b'"}'
     )
+    assert len(signed_header) - len(PADDED_HEADER) == len(',"signature":"ed25519:pump-03:') + 88 + 1
+    assert len(signed_header) == 286 and (10 + 286) % 8 == 0  # the body stays 8-byte aligned
+    assert signed == b"FEDG\x01\x00" + struct.pack(">I", len(signed_header)) + signed_header + BODY
+    # What was signed is the padded unsigned header, as the verifier rebuilds it.
+    assert frame_signature(signed).unsigned_header == PADDED_HEADER
+    padded = frame_signing_bytes(
+        UPDATE_TOPIC, "pump-03", version=1, flags=0, unsigned_header=PADDED_HEADER, body=BODY
+    )
+    Ed25519PublicKey.from_public_bytes(DEVICE.verify_key.raw).verify(
+        base64.b64decode(FRAME_SIG_B64), padded
+    )
+
+
+def test_signing_an_encoded_frame_keeps_its_tensors_aligned() -> None:
+    header = FrameHeader(kind="update", fleet="plant-7", device="pump-03", round_id=12,
+                         base_version=3, num_examples=10, metrics={"train_loss": 0.25})
+    frame = encode_frame(header, {"w": np.array([1.0, -2.0, 3.0], np.float32)})
+    for signer_name in ("pump-03", "a", "device-with-a-longer-name"):
+        key = SigningKey.from_seed(bytes(32), signer=signer_name)
+        signed = sign_frame(frame, key, UPDATE_TOPIC)
+        assert (10 + int.from_bytes(signed[6:10], "big")) % 8 == 0
+        decoded = decode_frame(signed, copy=False)
+        assert decoded.tensors["w"].flags.aligned
+        np.testing.assert_array_equal(decoded.tensors["w"], [1.0, -2.0, 3.0])
 
 
 def test_signed_frame_still_decodes_with_the_carrier_in_the_header() -> None:
@@ -304,7 +330,7 @@ def test_tampered_frames_are_bad_signature() -> None:
         "base": signed.replace(b'"base_version":3', b'"base_version":4'),
         "body": signed[:body_at] + bytes([signed[body_at] ^ 1]),
         "flags": signed[:5] + b"\x01" + signed[6:],
-        "sig": signed.replace(b":/IVsk", b":AIVsk"),
+        "sig": signed.replace(b":vyINeF", b":AyINeF"),
     }
     assert header_at > 10
     for name, frame in cases.items():
@@ -332,7 +358,7 @@ def test_update_replayed_into_another_round() -> None:
 
 def test_broken_carriers_are_malformed_or_too_large() -> None:
     signed = sign_frame(FRAME, DEVICE, UPDATE_TOPIC)
-    non_canonical = signed.replace(b'DA=="}', b'DB=="}')
+    non_canonical = signed.replace(b'Aw=="}', b'Ax=="}')  # a padding bit set
     cases: list[tuple[bytes, RejectReason]] = [
         (non_canonical, RejectReason.MALFORMED),
         (signed[:9], RejectReason.MALFORMED),

@@ -36,10 +36,13 @@ class StreamingMean(Reducer):
         self._sums = {name: np.zeros(a.shape, np.float64) for name, a in template.items()}
         self._scratch: np.ndarray | None = None
 
-    def _block(self) -> np.ndarray:
-        if self._scratch is None:
+    def _block(self, size: int | None = None) -> np.ndarray:
+        """The scratch block, allocated once (at least ``size`` entries when given)."""
+        if size is None:
             longest = max((a.size for a in self._sums.values()), default=0)
-            self._scratch = np.empty(min(BLOCK, longest), np.float64)
+            size = min(BLOCK, longest)
+        if self._scratch is None or self._scratch.size < size:
+            self._scratch = np.empty(size, np.float64)
         return self._scratch
 
     def _fold(self, update: Mapping[str, np.ndarray], weight: float) -> None:
@@ -65,7 +68,9 @@ class StreamingMean(Reducer):
         """Accumulate a validated update straight from its encoded body (no decoded copy)."""
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
-        update.accumulate_into(self._sums, weight=weight)
+        update.accumulate_into(
+            self._sums, weight=weight, scratch=self._block(update.scratch_size())
+        )
         self.total_weight += weight
         self.count += 1
 
