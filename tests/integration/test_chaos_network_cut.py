@@ -1,4 +1,4 @@
-"""Chaos: the network between devices and the broker is cut for 6 s (a TCP proxy).
+"""Chaos: the network between devices and the broker is cut for 30 s (a TCP proxy).
 
 Devices reach Mosquitto through a loopback TCP proxy that, when cut, aborts every
 connection and refuses new ones; ingest (a real ``fedge ingest`` process) is
@@ -35,10 +35,10 @@ from tests.integration.chaos_support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 FLEET = "chaos"
-CUT_S = 6.0
+CUT_S = 30.0  # the issue's 30 s cut
 
 
 class ArrivalOrder:
