@@ -43,7 +43,7 @@ from edge_agent.sources.inputs import (
     parse_timestamp,
     timezone,
 )
-from edge_agent.sources.supervisor import ReconnectOptions, SessionEnded, Worker, supervise
+from edge_agent.sources.supervisor import ReconnectOptions, SessionEnded, Worker
 
 __all__ = ["CommandOptions", "CommandSource"]
 
@@ -149,15 +149,7 @@ class CommandSource(BaseSource):
                 pass
 
     def _supervise(self) -> None:
-        o = self.options
-        supervise(
-            self._run_once,
-            stop=self._worker.stop_event,
-            on_failure=self._on_failure,
-            initial_s=o.reconnect_initial_s,
-            max_s=o.reconnect_max_s,
-            healthy_after_s=o.healthy_after_s,
-        )
+        self._worker.supervise(self._run_once, self.options, on_failure=self._on_failure)
 
     def _on_failure(self, exc: BaseException, delay_s: float) -> None:
         message = f"{self.options.argv[0]}: {exc}"

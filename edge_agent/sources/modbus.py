@@ -34,7 +34,7 @@ from pymodbus.pdu import ModbusPDU
 
 from edge_agent.sources.base import BaseSource, SensorSample, SourceOptions, expect_options
 from edge_agent.sources.inputs import LimitedLog
-from edge_agent.sources.supervisor import ReconnectOptions, Worker, supervise
+from edge_agent.sources.supervisor import ReconnectOptions, Worker
 
 __all__ = ["ModbusChannel", "ModbusOptions", "ModbusSource"]
 
@@ -211,15 +211,7 @@ class ModbusSource(BaseSource):
 
     # Polling ------------------------------------------------------------------------
     def _supervise(self) -> None:
-        o = self.options
-        supervise(
-            self._session,
-            stop=self._worker.stop_event,
-            on_failure=self._on_failure,
-            initial_s=o.reconnect_initial_s,
-            max_s=o.reconnect_max_s,
-            healthy_after_s=o.healthy_after_s,
-        )
+        self._worker.supervise(self._session, self.options, on_failure=self._on_failure)
 
     def _on_failure(self, exc: BaseException, delay_s: float) -> None:
         message = f"{self.options.host}:{self.options.port}: {exc}"

@@ -39,7 +39,7 @@ from edge_agent.sources.inputs import (
     lookup_path,
     parse_number,
 )
-from edge_agent.sources.supervisor import ReconnectOptions, SessionEnded, Worker, supervise
+from edge_agent.sources.supervisor import ReconnectOptions, SessionEnded, Worker
 
 __all__ = ["MqttChannel", "MqttOptions", "MqttSource"]
 
@@ -175,15 +175,7 @@ class MqttSource(BaseSource):
 
     # Connection ---------------------------------------------------------------------
     def _supervise(self) -> None:
-        o = self.options
-        supervise(
-            self._session,
-            stop=self._worker.stop_event,
-            on_failure=self._on_failure,
-            initial_s=o.reconnect_initial_s,
-            max_s=o.reconnect_max_s,
-            healthy_after_s=o.healthy_after_s,
-        )
+        self._worker.supervise(self._session, self.options, on_failure=self._on_failure)
 
     def _on_failure(self, exc: BaseException, delay_s: float) -> None:
         auth = isinstance(exc, _Refused) and exc.auth

@@ -180,6 +180,19 @@ class Worker:
         self._thread = threading.Thread(target=guarded, name=self.name, daemon=True)
         self._thread.start()
 
+    def supervise(
+        self, session: Callable[[], None], options: ReconnectOptions, *, on_failure: OnFailure
+    ) -> None:
+        """:func:`supervise` ``session`` until this worker is stopped, on ``options``' schedule."""
+        supervise(
+            session,
+            stop=self.stop_event,
+            on_failure=on_failure,
+            initial_s=options.reconnect_initial_s,
+            max_s=options.reconnect_max_s,
+            healthy_after_s=options.healthy_after_s,
+        )
+
     def stop(self, *, timeout: float = 2.0) -> bool:
         """Set the stop event and join; True if the thread has ended within ``timeout``."""
         self.stop_event.set()
