@@ -117,6 +117,10 @@ class Frame:
 
     header: FrameHeader
     tensors: Tensors
+    magnitudes: Mapping[str, float] | None = None
+    """Per float tensor, an upper bound on the magnitude of its entries (its L2 norm,
+    or infinity when unknown), where decoding computed one on the way (see
+    :func:`decode_frame`); the aggregator's mean uses it to skip a pass."""
 
     @property
     def codec(self) -> UpdateCodec:
@@ -144,20 +148,25 @@ def align_header(header: bytes, *, grows_by: int = 0) -> bytes:
     return core + b" " * pad + b"}"
 
 
-def _all_finite(array: np.ndarray) -> bool:
-    """No NaN or infinity in a float array, in one pass where numpy allows.
+def _finite_bound(array: np.ndarray) -> float | None:
+    """None if a float array holds NaN or infinity, else a bound on ``|entry|``.
 
     For aligned float32/float64 arrays, ``x @ x`` (one BLAS pass, no temporary) is
     NaN or infinite if any entry is, and is finite otherwise unless huge finite
-    entries overflow it, which the exact ``isfinite`` pass then settles. Below
-    :data:`_DOT_MIN` entries ``isfinite`` is the cheaper of the two.
+    entries overflow it, which the exact ``isfinite`` pass then settles. Its square
+    root, the L2 norm, bounds every entry; where it is not computed (below
+    :data:`_DOT_MIN` entries ``isfinite`` is the cheaper pass) or overflows, the
+    bound is infinity (unknown).
     """
     if array.size >= _DOT_MIN and array.dtype.itemsize >= 4 and array.flags.aligned:
         flat = array.reshape(-1)
         with np.errstate(over="ignore", invalid="ignore"):
-            if math.isfinite(float(np.dot(flat, flat))):
-                return True
-    return bool(np.isfinite(array).all())
+            squares = float(np.dot(flat, flat))
+        if math.isfinite(squares):
+            # A float32 sum of n squares can come out low by up to n * 2**-24 of
+            # itself: doubling the root covers that for n up to 2**25 entries.
+            return math.sqrt(squares) * 2.0
+    return math.inf if bool(np.isfinite(array).all()) else None
 
 
 def encode_frame(header: FrameHeader, tensors: Mapping[str, np.ndarray]) -> bytes:
@@ -265,11 +274,15 @@ def decode_frame(
         limit = max_bytes if max_decompressed_bytes is None else max_decompressed_bytes
         body = _inflate(body, max(0, limit - body_start))
     tensors = load_view(body)
+    magnitudes: dict[str, float] = {}
     for name, array in tensors.items():
         if array.dtype not in ALLOWED_DTYPES:
             raise FrameError(f"tensor {name!r} has unsupported dtype {array.dtype}")
-        if array.dtype.kind == "f" and not _all_finite(array):
-            raise NonFiniteTensorError(f"tensor {name!r} contains NaN or infinity")
+        if array.dtype.kind == "f":
+            bound = _finite_bound(array)
+            if bound is None:
+                raise NonFiniteTensorError(f"tensor {name!r} contains NaN or infinity")
+            magnitudes[name] = bound
     if copy:
         tensors = {name: array.copy() for name, array in tensors.items()}
-    return Frame(header=header, tensors=tensors)
+    return Frame(header=header, tensors=tensors, magnitudes=magnitudes)

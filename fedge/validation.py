@@ -144,6 +144,7 @@ class UpdateValidator:
                 template=expect.template,
                 base=expect.template if codec.delta else None,
                 finite=True,  # decode_frame refused NaN and infinity already
+                magnitudes=frame.magnitudes,
             )
         except CompressionError as exc:
             raise UpdateRejectedError(RejectReason.MALFORMED, str(exc)) from exc

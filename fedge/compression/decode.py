@@ -103,9 +103,11 @@ class EncodedUpdate:
         scales: np.ndarray | None,
         positions: np.ndarray | None,
         base: Mapping[str, np.ndarray] | None,
+        magnitudes: Mapping[str, float] | None = None,
     ) -> None:
         self.layout = layout
         self.codec = codec
+        self._magnitudes = magnitudes
         self._values = values
         self._scales = scales
         self._positions = positions
@@ -159,6 +161,16 @@ class EncodedUpdate:
                 block = np.zeros(e - s, np.float32) if base is None else base[s:e].copy()
                 block[part - s] += delta
             yield s, e, block
+
+    def magnitude(self, name: str) -> float | None:
+        """An upper bound on ``|decoded entry|`` of tensor ``name``, if one is known.
+
+        Known for plain bodies whose frame decoding measured each tensor's norm
+        (:attr:`fedge.codec.Frame.magnitudes`); None otherwise.
+        """
+        if self._magnitudes is None or not self.codec.plain:
+            return None
+        return self._magnitudes.get(name)
 
     def decompress(self) -> dict[str, np.ndarray]:
         """The decoded weights as new float32 arrays, by name."""
@@ -299,6 +311,7 @@ def parse_update(
     template: Mapping[str, np.ndarray],
     base: Mapping[str, np.ndarray] | None = None,
     finite: bool = False,
+    magnitudes: Mapping[str, float] | None = None,
 ) -> EncodedUpdate:
     """Validate the body tensors of an update frame encoded with ``codec``.
 
@@ -310,6 +323,8 @@ def parse_update(
     ``finite=True`` says the float tensors are known to hold no NaN or infinity
     (:func:`fedge.codec.decode_frame` refuses those): plain float32 bodies then skip
     a second pass looking for them (ranges are checked all the same).
+    ``magnitudes`` (trusted: :attr:`fedge.codec.Frame.magnitudes` of the same
+    tensors) are bounds on plain tensors' entries, kept for :meth:`EncodedUpdate.magnitude`.
     """
     layout = build_layout(template, codec)
     flat_base: dict[str, np.ndarray] | None = None
@@ -336,8 +351,7 @@ def parse_update(
     if codec.plain:
         return EncodedUpdate(
             layout, codec, values=_parse_plain(encoded, layout, finite=finite), scales=None,
-            positions=None,
-            base=None,
+            positions=None, base=None, magnitudes=magnitudes,
         )
 
     count = layout.kept if sparse else layout.total

@@ -1,6 +1,8 @@
-"""The streaming mean without model-sized temporaries: blockwise add, add_encoded, Flower parity."""
+"""The streaming mean without model-sized temporaries: float32 partials, add_encoded, Flower."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from fedge.compression import BLOCK, UpdateCodec, compress_update, parse_update
 from fedge.strategies import BufferedReducer, Params, StreamingMean
+from fedge.strategies.reducers.weighted_sums import PARTIAL_LIMIT, WeightedSums
 
 FINITE = st.floats(-1e6, 1e6, width=32, allow_nan=False, allow_infinity=False)
 
@@ -23,13 +26,29 @@ def _reference(updates: list[tuple[Params, float]]) -> dict[str, np.ndarray]:
     return sums
 
 
+def _within_float32_partials(acc: StreamingMean, updates: list[tuple[Params, float]]) -> None:
+    """Totals equal the float64 formula to the float32 partials' rounding bound."""
+    exact = _reference(updates)
+    magnitude = _reference([({k: np.abs(v) for k, v in t.items()}, w) for t, w in updates])
+    # Each entry of a partial goes through at most fold_every float32 roundings
+    # (2**-24 each, relative to the magnitudes summed so far), plus the weight's.
+    # BLAS may flush float32 subnormals to zero: at most float32's smallest normal
+    # per addition is lost that way.
+    rounding = (WeightedSums.fold_every + 2) * 2.0**-24
+    flushed = len(updates) * max(w for _, w in updates) * float(np.finfo(np.float32).tiny)
+    for name, total in acc._sums.totals().items():
+        assert total.dtype == np.float64
+        error = np.abs(total - exact[name])
+        assert np.all(error <= rounding * magnitude[name] + flushed), (name, float(error.max()))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.data(),
-    n=st.integers(1, 4),
+    n=st.integers(1, 40),
     shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=9),
 )
-def test_blockwise_add_is_bit_identical_to_the_float64_formula(
+def test_sums_are_the_float64_formula_within_float32_rounding(
     data: st.DataObject, n: int, shape: tuple[int, ...]
 ) -> None:
     updates = [
@@ -43,8 +62,54 @@ def test_blockwise_add_is_bit_identical_to_the_float64_formula(
     acc = StreamingMean(updates[0][0])
     for tensors, weight in updates:
         acc.add(tensors, weight)
-    for name, expected in _reference(updates).items():
-        np.testing.assert_array_equal(acc._sums[name], expected)
+    _within_float32_partials(acc, updates)
+
+
+def test_partials_fold_into_the_float64_totals_every_fold_every_updates() -> None:
+    base = {"w": np.zeros(4, np.float32)}
+    sums = WeightedSums(base)
+    one = np.ones(4, np.float32)
+    for _ in range(WeightedSums.fold_every - 1):
+        sums.add_blocks("w", [(0, 4, one)], 1.0)
+        sums.end_update()
+    assert sums._partials["w"].any() and not sums._totals["w"].any()
+    sums.add_blocks("w", [(0, 4, one)], 1.0)
+    sums.end_update()
+    # Folded: the float32 partial is empty again, so its rounding never spans more updates.
+    assert not sums._partials["w"].any()
+    np.testing.assert_array_equal(sums._totals["w"], np.full(4, float(WeightedSums.fold_every)))
+
+
+def test_values_that_would_overflow_a_float32_partial_are_summed_as_in_float64() -> None:
+    # 1e36 * 100 = 1e38: twenty of them overflow float32 (3.4e38) but not float64.
+    big = {"w": np.array([1e36, -1e36, 3e38, 1.0], np.float32)}
+    updates = [(big, 100.0)] * 20
+    acc = StreamingMean(big)
+    for tensors, weight in updates:
+        acc.add(tensors, weight)
+    totals = acc._sums.totals()["w"]
+    assert np.isfinite(totals).all()
+    _within_float32_partials(acc, updates)
+    # The 3e38 block (bound 3e40 on its own) took the exact float64 path.
+    np.testing.assert_allclose(totals[2], 20 * 100 * float(np.float32(3e38)), rtol=1e-12)
+    mean = acc.result()["w"]
+    assert mean[0] == np.float32(1e36) and mean[1] == np.float32(-1e36) and mean[3] == 1.0
+
+
+def test_a_partial_is_folded_early_before_it_could_overflow() -> None:
+    template = {"w": np.zeros(2, np.float32)}
+    sums = WeightedSums(template)
+    one = np.ones(2, np.float32)
+    # Entries of 1 (block bound sqrt(2)) at a weight that makes the bound 4e36; the
+    # entries themselves (2.8e36) and x @ x are small enough for float32.
+    weight = 4e36 / math.sqrt(2)
+    for _ in range(3):  # 3 x 4e36 > PARTIAL_LIMIT: the third add folds the first two
+        sums.add_blocks("w", [(0, 2, one)], weight)
+        sums.end_update()
+    np.testing.assert_allclose(sums._totals["w"], 2 * weight, rtol=1e-7)
+    np.testing.assert_allclose(sums._partials["w"], weight, rtol=1e-7)
+    assert 0 < sums._bounds["w"] <= PARTIAL_LIMIT
+    np.testing.assert_allclose(sums.totals()["w"], 3 * weight, rtol=1e-7)
 
 
 def test_blockwise_add_spans_several_blocks() -> None:
@@ -56,8 +121,8 @@ def test_blockwise_add_spans_several_blocks() -> None:
     acc = StreamingMean(big)
     acc.add(big, 3.0)
     acc.add(other, 7.0)
-    np.testing.assert_array_equal(acc._sums["w"], _reference([(big, 3.0), (other, 7.0)])["w"])
-    assert acc._scratch is not None and acc._scratch.size == BLOCK  # one block, not a tensor
+    _within_float32_partials(acc, [(big, 3.0), (other, 7.0)])
+    assert acc._sums._scratch is None  # float32 blocks never needed the exact path
 
 
 def test_mean_hand_computed_through_add_encoded_int8() -> None:
@@ -99,7 +164,7 @@ def test_add_encoded_equals_add_of_the_decoded_update(codec: UpdateCodec) -> Non
         streamed.add_encoded(update, weight)
         decoded.add(update.decompress(), weight)
     for name in base:
-        np.testing.assert_array_equal(streamed._sums[name], decoded._sums[name])
+        np.testing.assert_array_equal(streamed._sums.totals()[name], decoded._sums.totals()[name])
 
 
 def test_add_encoded_refuses_a_bad_weight_and_changes_nothing() -> None:
@@ -109,7 +174,7 @@ def test_add_encoded_refuses_a_bad_weight_and_changes_nothing() -> None:
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="weight"):
             acc.add_encoded(update, bad)
-    assert acc.count == 0 and not acc._sums["w"].any()
+    assert acc.count == 0 and not acc._sums.totals()["w"].any()
 
 
 class _Median(BufferedReducer):
