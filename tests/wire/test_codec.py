@@ -357,6 +357,24 @@ def test_finite_check_is_exact_on_aligned_and_unaligned_bodies(aligned: bool, dt
             decode_frame(frame({"w": np.concatenate([huge, [bad]]).astype(dtype)}))
 
 
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 40_000), scale=st.sampled_from([1e-3, 1.0, 1e6, 1e18, 3e38]),
+       seed=st.integers(0, 2**16))
+def test_magnitudes_bound_every_float_entry(size: int, scale: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal(size) * scale).clip(-3e38, 3e38).astype(np.float32)
+    frame = decode_frame(encode_frame(_header(), {"w": values, "n": np.arange(3, dtype=np.int64)}))
+    assert frame.magnitudes is not None and set(frame.magnitudes) == {"w"}  # floats only
+    bound = frame.magnitudes["w"]
+    assert bound >= float(np.abs(values).max())
+    with np.errstate(over="ignore"):
+        squares = np.dot(values, values)
+    if size < 16_384 or not np.isfinite(squares):
+        assert bound == np.inf  # not measured (isfinite pass) or the squares overflowed
+    else:
+        assert bound <= 2.0 * float(np.linalg.norm(values.astype(np.float64))) * 1.001
+
+
 def test_non_finite_error_is_a_frame_error() -> None:
     assert issubclass(NonFiniteTensorError, FrameError)
     assert issubclass(FrameTooLargeError, FrameError)
