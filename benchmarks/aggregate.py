@@ -9,7 +9,8 @@ messages, as they arrive on the wire, into the weighted mean. Each column includ
 * **fedge**: per update ``decode_frame(copy=False)`` (prefix, pydantic header,
   safetensors header, the NaN/inf check of every tensor) + ``UpdateValidator.validate``
   (header checks and ``parse_update`` against the template) +
-  ``StreamingMean.add_encoded`` (float64 sums, block scratch), then ``result()`` —
+  ``StreamingMean.add_encoded`` (a fused BLAS saxpy per block into float32 partial
+  sums, folded into float64 every 16 updates), then ``result()`` —
   what :class:`~aggregator.coordinator.RoundCoordinator` does per reply, minus its
   duplicate digest and journal (I/O, measured by benchmarks/round.py);
 * **flwr aggregate**: ``parameters_to_ndarrays`` of every ``FitRes`` (its
