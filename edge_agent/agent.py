@@ -853,6 +853,8 @@ class EdgeAgent:
         ):
             return self._train_data, self._holdout
         every = round(1 / self.config.holdout_fraction) if self.config.holdout_fraction > 0 else 0
+        # The old windows go before the new ones are built: never both in memory.
+        self._train_data = self._holdout = None
         train: list[WindowDataset] = []
         hold: list[WindowDataset] = []
         numeric: set[str] = set()
@@ -883,8 +885,10 @@ class EdgeAgent:
                 features=tuple(silent),
             )
         n_f = spec.input_features
-        self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window)
-        self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window)
+        self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window,
+                                                release=True)
+        self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window,
+                                             release=True)
         # Keyed by the spec too: a new global model may read other inputs or windows.
         self._dataset_key = (units, spec, self.maintenance.revision)
         return self._train_data, self._holdout

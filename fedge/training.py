@@ -55,11 +55,30 @@ class WindowDataset:
         return int(self.x.shape[0])
 
     @classmethod
-    def concat(cls, parts: list[WindowDataset], *, n_features: int, window: int) -> WindowDataset:
-        """Concatenate datasets (an empty list gives an empty dataset of the right shape)."""
+    def concat(
+        cls, parts: list[WindowDataset], *, n_features: int, window: int, release: bool = False
+    ) -> WindowDataset:
+        """Concatenate datasets (an empty list gives an empty dataset of the right shape).
+
+        ``release=True`` empties ``parts`` as each one is copied, so a caller that
+        holds no other reference to them never has every part and the whole copy in
+        memory at once (on a device, the windows are most of the agent's memory).
+        """
         if not parts:
             return cls(np.zeros((0, window, n_features), np.float32), np.zeros(0, np.float32))
-        return cls(np.concatenate([p.x for p in parts]), np.concatenate([p.rul for p in parts]))
+        total = sum(len(p) for p in parts)
+        first = parts[0]
+        x = np.empty((total, *first.x.shape[1:]), first.x.dtype)
+        rul = np.empty(total, first.rul.dtype)
+        at = 0
+        for i in range(len(parts)):
+            part = parts[0] if release else parts[i]
+            x[at : at + len(part)] = part.x
+            rul[at : at + len(part)] = part.rul
+            at += len(part)
+            if release:
+                del parts[0], part  # its windows go now, not when the copy is complete
+        return cls(x, rul)
 
 
 @dataclass(frozen=True, slots=True)

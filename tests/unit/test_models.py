@@ -189,6 +189,23 @@ def test_empty_data_is_a_no_op() -> None:
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("release", [False, True])
+def test_concat_is_numpy_concatenate_and_release_empties_the_list(release: bool) -> None:
+    rng = np.random.default_rng(0)
+    parts = [WindowDataset(rng.normal(size=(n, 5, 3)).astype(np.float32),
+                           rng.uniform(0, 100, n).astype(np.float32)) for n in (4, 1, 7)]
+    expected_x = np.concatenate([p.x for p in parts])
+    expected_rul = np.concatenate([p.rul for p in parts])
+    given = list(parts)
+    out = WindowDataset.concat(given, n_features=3, window=5, release=release)
+    np.testing.assert_array_equal(out.x, expected_x)
+    np.testing.assert_array_equal(out.rul, expected_rul)
+    assert out.x.dtype == np.float32 and not np.shares_memory(out.x, parts[0].x)
+    # Released: the caller's list no longer holds the parts, so their windows can go
+    # while the copy is made.
+    assert given == ([] if release else parts)
+
+
 def _distance(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> float:
     with torch.no_grad():
         return float(sum(((p - reference[k]) ** 2).sum() for k, p in model.named_parameters()))
