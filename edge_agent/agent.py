@@ -39,6 +39,7 @@ import numpy as np
 import tenacity
 import torch
 
+from edge_agent.job_worker import JobWorker
 from edge_agent.maintenance import Maintenance
 from edge_agent.model_gate import ModelGate
 from edge_agent.sources import SensorSource
@@ -209,6 +210,7 @@ class EdgeAgent:
         self._job: (
             tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]] | None
         ) = None
+        self._worker = JobWorker(f"{config.device}-train")
         self._train_data: WindowDataset | None = None
         # Runs on the agent thread once the round's update is published: saves the new
         # error-feedback residual (the store belongs to this thread, not the trainer's).
@@ -430,9 +432,8 @@ class EdgeAgent:
     def stop(self) -> None:
         """Stop training, publish offline status and disconnect cleanly (within ~2 s)."""
         self._halt.set()
-        if self._job is not None:
-            self._job[1].join(timeout=2.0)
-            self._job = None
+        self._worker.close(timeout=2.0)  # training checks the halt between mini-batches
+        self._job = None
         self._snapshot_status()
         try:
             handle = self._publish(
@@ -1170,9 +1171,7 @@ class EdgeAgent:
             finally:
                 self._inbox.put(_WAKE)
 
-        thread = threading.Thread(target=work, name=f"{self.config.device}-train", daemon=True)
-        self._job = (ann, thread, box)
-        thread.start()
+        self._job = (ann, self._worker.run(work), box)
 
     def _collect_job(self) -> None:
         """Publish the update of a finished background training job.

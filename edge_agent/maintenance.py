@@ -62,6 +62,7 @@ _HISTORY_CYCLE_S = 60.0  # history logged before the agent ran: one cycle a minu
 _MIN_STEP_S = 1e-6  # readings get strictly increasing times (see _reading_ts)
 _SAVE_EVERY = 50  # readings between saves of the life watch (a restart replays the rest)
 _MAX_INFLIGHT = 50
+_POLL_LIMIT = 1000  # events read per poll
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ class Maintenance:
         self.stats = MaintenanceStats()
         self.revision = 0  # bumped whenever lives are re-cut: invalidates cached datasets
         self._seen = 0
+        self._polled: tuple[int, int] | None = None  # events_marker() when last read to the end
         self._pending: list[EventRecord] = []
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
         self._source_unit: int | None = None
@@ -277,10 +279,14 @@ class Maintenance:
 
     def poll(self, now: float) -> None:
         """Pick up events stored since the last poll (any process) and apply the due ones."""
-        records = self.events.events_after(self._seen)
-        if records:
-            self._seen = records[-1].seq
-            self._pending.extend(r for r in records if not r.applied)
+        marker = self.events.events_marker()
+        if marker != self._polled:  # else nothing can have been added: skip the query
+            records = self.events.events_after(self._seen, limit=_POLL_LIMIT)
+            if records:
+                self._seen = records[-1].seq
+                self._pending.extend(r for r in records if not r.applied)
+            if len(records) < _POLL_LIMIT:  # all read; else the rest comes next poll
+                self._polled = marker
         if self._pending and now > -math.inf:
             self.apply_due(now)
 

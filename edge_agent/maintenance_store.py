@@ -115,6 +115,7 @@ class MaintenanceStore:
         self.path = path
         self._db = db
         self._owned = False
+        self._events_added = 0  # events inserted through this object (see events_marker)
         try:
             db.executescript(SCHEMA)
         except sqlite3.Error as exc:
@@ -186,6 +187,7 @@ class MaintenanceStore:
                 (event.event_id, event.ts, body, int(sent), int(applied)),
             )
             if cur.rowcount:
+                self._events_added += 1
                 return True
             row = self._db.execute(
                 "SELECT body FROM events WHERE event_id = ?", (event.event_id,)
@@ -195,6 +197,20 @@ class MaintenanceStore:
         if row is not None and MaintenanceEvent.model_validate_json(row[0]) != event:
             raise EventError(f"event id {event.event_id} already names a different event")
         return False
+
+    def events_marker(self) -> tuple[int, int]:
+        """Changes when events may have been added since the last call returned the same.
+
+        SQLite's ``data_version`` moves when another connection (another process:
+        ``fedge agent event``) commits to the file; this connection's own inserts
+        (:meth:`add_event`) are counted here. One pragma instead of a query, for an
+        agent that looks for new events on every step.
+        """
+        try:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the data version of {self.path}: {exc}") from exc
+        return int(row[0]), self._events_added
 
     def events_after(self, seq: int, *, limit: int = 1000) -> list[EventRecord]:
         """Events stored after row ``seq``, oldest first."""

@@ -138,6 +138,7 @@ class ReadingStore(TelemetryStates):
         # Built on one thread and handed to the agent's thread, its only user then.
         # synchronous=NORMAL is durable across application crashes in WAL mode; only a
         # power loss can cost the last few transactions, and it is much cheaper on SD cards.
+        self._floor: tuple[int | None] | None = None  # model_floor(), once read
         self._db = open_sqlite(
             Path(self.path),
             schema=_SCHEMA,
@@ -313,12 +314,16 @@ class ReadingStore(TelemetryStates):
                     "INSERT OR REPLACE INTO running_model VALUES (0, ?, ?)", (version, frame)
                 )
                 floor = self.model_floor()
-                if floor is None or version > floor:
+                raised = floor is None or version > floor
+                if raised:
                     self._db.execute(
                         "INSERT OR REPLACE INTO meta VALUES ('model_version', ?)", (str(version),)
                     )
         except sqlite3.Error as exc:
+            self._floor = None  # re-read: the transaction was rolled back
             raise StorageError(f"cannot save the running model: {exc}") from exc
+        if raised:
+            self._floor = (version,)
 
     def load_model(self) -> tuple[int, bytes] | None:
         """The running model saved by :meth:`save_model`: ``(version, frame)``, or None."""
@@ -326,9 +331,15 @@ class ReadingStore(TelemetryStates):
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def model_floor(self) -> int | None:
-        """The highest global model version this device ever ran (None if none)."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'model_version'").fetchone()
-        return None if row is None else int(row[0])
+        """The highest global model version this device ever ran (None if none).
+
+        Read once, then kept: this store's connection is its only writer (every new
+        global model asks for it; ``fedge agent status`` only reads the file).
+        """
+        if self._floor is None:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'model_version'").fetchone()
+            self._floor = (None if row is None else int(row[0]),)
+        return self._floor[0]
 
     def set_meta(self, values: dict[str, str | None]) -> None:
         """Record facts about the agent for ``fedge agent status`` (None deletes a key)."""
@@ -343,7 +354,11 @@ class ReadingStore(TelemetryStates):
                             "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value)
                         )
         except sqlite3.Error as exc:
+            self._floor = None  # re-read: the transaction was rolled back
             raise StorageError(f"cannot record agent state: {exc}") from exc
+        if "model_version" in values:
+            version = values["model_version"]
+            self._floor = (None if version is None else int(version),)
 
     def failed_units(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT unit FROM units ORDER BY unit")]

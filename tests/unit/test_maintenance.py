@@ -444,3 +444,32 @@ def test_rul_in_operating_hours_counts_to_the_failure_event(tmp_path: Path) -> N
         agent.maintenance.rul_labels(data), [1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6], rtol=1e-6
     )
     agent.stop()
+
+
+def test_polling_queries_the_events_only_when_something_may_have_been_added(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    agent = make_agent(tmp_path, clock)
+    agent.start()
+    queries: list[str] = []
+    agent.store._db.set_trace_callback(
+        lambda sql: queries.append(sql) if "FROM events WHERE seq >" in sql else None
+    )
+    for _ in range(5):
+        agent.step()
+    assert queries == []  # nothing new: one pragma a step, no query
+    cli_write(agent.config.store_path, event("failure", T0))  # another connection
+    clock.now = T0 + 1
+    agent.step()
+    assert len(queries) == 1 and agent.maintenance.events.all_events()[0].applied
+    agent.step()
+    assert len(queries) == 1
+    # An event stored through the agent's own connection (as `receive` does).
+    agent.maintenance.events.add_event(event("repair", T0 + 0.5), sent=True)
+    clock.now = T0 + 2
+    agent.step()
+    assert len(queries) == 2
+    assert [r.event.kind for r in agent.maintenance.events.all_events() if r.applied] == [
+        "failure", "repair"]
+    agent.stop()

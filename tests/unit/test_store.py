@@ -258,3 +258,29 @@ def test_store_from_before_unit_heads_gets_them_on_open(tmp_path: Path) -> None:
     reopened = ReadingStore(path, n_features=3)
     np.testing.assert_array_equal(reopened.head(3), [_values(c) for c in range(5)])
     reopened.close()
+
+
+def test_the_model_floor_is_read_once_and_kept_in_step_with_every_write(tmp_path: Path) -> None:
+    path = tmp_path / "floor.sqlite"
+    store = ReadingStore(path, n_features=3, max_readings=10)
+    reads: list[str] = []
+    store._db.set_trace_callback(
+        lambda sql: reads.append(sql) if "key = 'model_version'" in sql else None
+    )
+    assert store.model_floor() is None
+    store.save_model(5, b"v5")
+    store.save_model(3, b"v3")  # the floor never goes down
+    assert store.model_floor() == 5
+    store.set_meta({"model_version": "7"})
+    assert store.model_floor() == 7
+    store.set_meta({"model_version": None})
+    assert store.model_floor() is None
+    store.save_model(2, b"v2")
+    assert store.model_floor() == 2
+    # One SELECT in all (the first call, and save_model's first floor check is cached
+    # by then); every later answer came from the kept value, and it matches the file.
+    assert len([q for q in reads if q.lstrip().upper().startswith("SELECT")]) == 1
+    store.close()
+    again = ReadingStore(path, n_features=3, max_readings=10)
+    assert again.model_floor() == 2
+    again.close()

@@ -1,0 +1,48 @@
+"""The agent's training worker: one long-lived thread, jobs in order, a clean exit."""
+
+from __future__ import annotations
+
+import threading
+
+from edge_agent.job_worker import JobWorker
+
+
+def test_jobs_run_in_order_on_one_thread_that_outlives_them() -> None:
+    worker = JobWorker("dev-train")
+    ran: list[tuple[int, int]] = []
+    done = threading.Event()
+    first = worker.run(lambda: ran.append((1, threading.get_ident())))
+    second = worker.run(lambda: (ran.append((2, threading.get_ident())), done.set()))
+    assert done.wait(5.0)
+    assert first is second and first.is_alive()  # waiting for the next job, not gone
+    assert [n for n, _ in ran] == [1, 2] and ran[0][1] == ran[1][1] == first.ident
+    worker.close(timeout=5.0)
+    assert not first.is_alive()
+
+
+def test_a_closed_worker_starts_a_new_thread_for_the_next_job() -> None:
+    worker = JobWorker("dev-train")
+    done = threading.Event()
+    old = worker.run(lambda: None)
+    worker.close(timeout=5.0)
+    assert not old.is_alive()
+    new = worker.run(done.set)
+    assert done.wait(5.0) and new is not old
+    worker.close(timeout=5.0)
+    assert not new.is_alive()
+
+
+def test_close_lets_the_running_job_finish_first() -> None:
+    worker = JobWorker("dev-train")
+    release, finished = threading.Event(), threading.Event()
+
+    def job() -> None:
+        release.wait(5.0)
+        finished.set()
+
+    thread = worker.run(job)
+    closer = threading.Thread(target=worker.close, kwargs={"timeout": 5.0})
+    closer.start()
+    release.set()
+    closer.join(5.0)
+    assert finished.is_set() and not thread.is_alive()
