@@ -11,8 +11,13 @@ def test_jobs_run_in_order_on_one_thread_that_outlives_them() -> None:
     worker = JobWorker("dev-train")
     ran: list[tuple[int, int]] = []
     done = threading.Event()
-    first = worker.run(lambda: ran.append((1, threading.get_ident())))
-    second = worker.run(lambda: (ran.append((2, threading.get_ident())), done.set()))
+    def job(n: int) -> None:
+        ran.append((n, threading.get_ident()))
+        if n == 2:
+            done.set()
+
+    first = worker.run(lambda: job(1))
+    second = worker.run(lambda: job(2))
     assert done.wait(5.0)
     assert first is second and first.is_alive()  # waiting for the next job, not gone
     assert [n for n, _ in ran] == [1, 2] and ran[0][1] == ran[1][1] == first.ident
