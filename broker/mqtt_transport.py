@@ -130,6 +130,7 @@ class PahoTransport:
         self._connected = threading.Event()
         self._refused: str | None = None
         self._loop_started = False
+        self._closed = False
         self._pending: list[_PahoPublishHandle] = []
         # SUBSCRIBE packet ids of the current connection not yet answered by a SUBACK.
         self._unacked_subs: set[int] = set()
@@ -298,6 +299,9 @@ class PahoTransport:
 
     # Transport API -------------------------------------------------------------------------
     def connect(self, *, on_message: MessageCallback, will: Will | None = None) -> None:
+        if self._closed:  # closed before: paho's client was reset by close()
+            self._client = self._new_client()
+            self._closed = False
         self._on_message_cb = on_message
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
@@ -406,3 +410,9 @@ class PahoTransport:
         self._client.disconnect()
         self._stop_loop()
         self._connected.clear()
+        # paho's loop_stop leaves the loop's wake-up socket pair (and the socket) open:
+        # closed only when garbage-collected, with a ResourceWarning (see _abandon).
+        # reinitialise closes them and resets the client, so a later connect starts
+        # from a new one (not built here: closing must not fail on, e.g., TLS files).
+        self._client.reinitialise()
+        self._closed = True

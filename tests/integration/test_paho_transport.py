@@ -26,6 +26,25 @@ def test_mqtt_socket_has_tcp_nodelay(mosquitto: BrokerProcess) -> None:
         transport.close()
 
 
+def test_close_closes_the_loops_wake_up_sockets(mosquitto: BrokerProcess) -> None:
+    # paho's loop_start makes a socket pair to wake its loop and loop_stop leaves it
+    # open: left to the garbage collector, it raised a ResourceWarning in whatever test
+    # happened to be running then.
+    transport = PahoTransport(BrokerEndpoint.from_url(mosquitto.url), client_id="wakeup")
+    transport.connect(on_message=lambda _m: None)
+    client = transport._client
+    pair = (client._sockpairR, client._sockpairW)
+    assert all(s is not None and s.fileno() != -1 for s in pair)
+    transport.close()
+    assert all(s is not None and s.fileno() == -1 for s in pair)  # closed, not leaked
+    # The transport can connect again afterwards (a fresh paho client).
+    transport.connect(on_message=lambda _m: None)
+    try:
+        assert transport._client is not client and transport._client.is_connected()
+    finally:
+        transport.close()
+
+
 def test_incoming_topics_are_matched_like_paho_matches_them() -> None:
     # The transport drops messages on topics it did not subscribe to (amqtt hands out
     # foreign retained ones). Its matcher is built once per subscribe; the answers must
