@@ -14,7 +14,9 @@ from fedge.compression.decode import (
     BLOCK,
     EncodedUpdate,
     accumulate_update,
+    add_scaled,
     decompress_update,
+    flat_blocks,
     parse_update,
 )
 from fedge.compression.encode import CompressedUpdate, compress_update
@@ -37,8 +39,10 @@ __all__ = [
     "EncodedUpdate",
     "UpdateCodec",
     "accumulate_update",
+    "add_scaled",
     "compress_update",
     "decompress_update",
+    "flat_blocks",
     "kept_count",
     "parse_update",
     "resolve_codec",

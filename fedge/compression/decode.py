@@ -26,7 +26,9 @@ __all__ = [
     "BLOCK",
     "EncodedUpdate",
     "accumulate_update",
+    "add_scaled",
     "decompress_update",
+    "flat_blocks",
     "parse_update",
 ]
 
@@ -38,6 +40,25 @@ entry blocks are 15-35% slower (numpy's per-call cost, paid three times a block)
 128k, 256k and 512k are within noise of each other."""
 
 Local = np.ndarray | tuple[int, int]
+
+
+def flat_blocks(flat: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, flat[start:stop])`` over a 1-d array, :data:`BLOCK` entries at a time."""
+    for s in range(0, flat.size, BLOCK):
+        yield s, min(s + BLOCK, flat.size), flat[s : s + BLOCK]
+
+
+def add_scaled(totals: np.ndarray, block: np.ndarray, weight: float, scratch: np.ndarray) -> None:
+    """``totals += block.astype(float64) * weight`` bit for bit, via ``scratch`` (float64).
+
+    Cast, then multiply in place: the same float64 products as
+    ``np.multiply(block, weight, dtype=float64)``, ~2x faster (no buffered cast), and
+    nothing allocated (``scratch`` has at least ``block.size`` entries).
+    """
+    product = scratch[: block.size]
+    product[...] = block  # exact: float32 (or narrower) -> float64
+    product *= weight
+    totals += product
 """Positions in a tensor of the values being decoded: an array, or a dense range."""
 
 # Bits set per byte value (np.bitwise_count needs numpy 2; the project supports 1.26).
@@ -139,9 +160,7 @@ class EncodedUpdate:
     def blocks(self, slot: Slot) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(start, stop, decoded)`` for consecutive flat ranges of one tensor (float32)."""
         if isinstance(self._values, Mapping):  # plain layout: the weights themselves
-            flat = self._values[slot.name].reshape(-1)
-            for s in range(0, slot.size, BLOCK):
-                yield s, min(s + BLOCK, slot.size), flat[s : s + BLOCK]
+            yield from flat_blocks(self._values[slot.name].reshape(-1))
             return
         base = None if self._base is None else self._base[slot.name]
         kept = None  # flat positions of this tensor's values (a view, not a copy)
@@ -166,11 +185,13 @@ class EncodedUpdate:
         """An upper bound on ``|decoded entry|`` of tensor ``name``, if one is known.
 
         Known for plain bodies whose frame decoding measured each tensor's norm
-        (:attr:`fedge.codec.Frame.magnitudes`); None otherwise.
+        (:attr:`fedge.codec.Frame.magnitudes`, where infinity means not measured);
+        None otherwise.
         """
         if self._magnitudes is None or not self.codec.plain:
             return None
-        return self._magnitudes.get(name)
+        bound = self._magnitudes.get(name)
+        return bound if bound is not None and math.isfinite(bound) else None
 
     def decompress(self) -> dict[str, np.ndarray]:
         """The decoded weights as new float32 arrays, by name."""
@@ -219,12 +240,7 @@ class EncodedUpdate:
         for slot in self.layout.slots:
             flat = sums[slot.name].reshape(-1)
             for s, e, block in self.blocks(slot):
-                product = scratch[: e - s]
-                # Cast, then multiply in place: the same float64 products as
-                # np.multiply(block, weight, dtype=float64), ~2x faster (no buffered cast).
-                product[...] = block
-                product *= weight
-                flat[s:e] += product
+                add_scaled(flat[s:e], block, weight, scratch)
 
     def scratch_size(self) -> int:
         """Entries of the float64 scratch buffer :meth:`accumulate_into` needs."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from fedge.compression import BLOCK, EncodedUpdate
+from fedge.compression import EncodedUpdate, flat_blocks
 from fedge.strategies.params import Params
 from fedge.strategies.reducers.base import Reducer
 from fedge.strategies.reducers.weighted_sums import WeightedSums
@@ -52,10 +52,7 @@ class StreamingMean(Reducer):
             raise ValueError(f"weight must be positive and finite, got {weight}")
         self._check_shapes({name: np.shape(value) for name, value in update.items()})
         for name, value in update.items():
-            flat = np.asarray(value).reshape(-1)
-            blocks = ((s, min(s + BLOCK, flat.size), flat[s : s + BLOCK])
-                      for s in range(0, flat.size, BLOCK))
-            self._sums.add_blocks(name, blocks, weight)
+            self._sums.add_blocks(name, flat_blocks(np.asarray(value).reshape(-1)), weight)
         self._sums.end_update()
 
     def add_encoded(self, update: EncodedUpdate, weight: float) -> None:

@@ -30,6 +30,8 @@ from functools import cache
 
 import numpy as np
 
+from fedge.compression import add_scaled
+
 __all__ = ["PARTIAL_LIMIT", "WeightedSums"]
 
 PARTIAL_LIMIT = 1e37
@@ -117,7 +119,7 @@ class WeightedSums:
                 if block.dtype != np.float32:
                     self._add_exact(totals[start:stop], block, weight)
                     continue
-                if magnitude is None or magnitude == math.inf:  # not known
+                if magnitude is None:
                     bound = weight * math.sqrt(float(np.dot(block, block)))
                 else:
                     bound = weight * magnitude
@@ -161,7 +163,4 @@ class WeightedSums:
         """``totals += block.astype(float64) * weight`` through a float64 scratch block."""
         if self._scratch is None or self._scratch.size < block.size:
             self._scratch = np.empty(block.size, np.float64)
-        product = self._scratch[: block.size]
-        product[...] = block  # exact: float32 (or narrower) -> float64
-        product *= weight
-        totals += product
+        add_scaled(totals, block, weight, self._scratch)
