@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -177,6 +176,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
+    sys.path.insert(0, str(REPO))
+    from benchmarks.results_file import machine, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--windows", type=int, default=5000)
@@ -244,13 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = result | {
         "first_over_steady": round(ratio, 2),
         "targets": TARGETS,
-        "machine": {"loadavg_1m_before": round(load_before, 2),
-                    "loadavg_1m_after": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": machine(load_before),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(args.json, payload, console)
     return payload
 
 

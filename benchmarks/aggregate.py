@@ -46,8 +46,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -63,6 +61,7 @@ from rich.table import Table  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results_file import machine, write_results  # noqa: E402
 from fedge.codec import FrameHeader, decode_frame, encode_frame  # noqa: E402
 from fedge.strategies import StreamingMean  # noqa: E402
 from fedge.topics import Topics, parse_topic  # noqa: E402
@@ -236,14 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cases": cases,
         "settings": {"quick": args.quick, "repeats": repeats,
                      "flwr_limit_gib": args.flwr_limit_gib},
-        "machine": {"loadavg_1m_before": round(load_before, 2),
-                    "loadavg_1m_after": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "flwr": _flwr.__version__, "cpus": os.cpu_count()},
+        "machine": machine(load_before, numpy=np.__version__, flwr=_flwr.__version__),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(args.json, payload, console)
     return payload
 
 

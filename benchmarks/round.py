@@ -30,8 +30,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -46,6 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from benchmarks.results_file import machine, write_results  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "round.json"
 FLEET = "roundbench"
@@ -251,13 +251,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {
         "cases": cases,
         "settings": {"rounds": args.rounds, "processes": args.processes, "quick": args.quick},
-        "machine": {"loadavg_1m_before": round(load_before, 2),
-                    "loadavg_1m_after": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": machine(load_before),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(args.json, payload, console)
     return payload
 
 
