@@ -60,9 +60,10 @@ from rich.table import Table  # noqa: E402
 
 from aggregator.coordinator import Publish, RoundClosed, RoundCoordinator  # noqa: E402
 from aggregator.state import Checkpoint  # noqa: E402
+from benchmarks.cmapss import run_windows  # noqa: E402
 from fedge.codec import FrameHeader, decode_frame, encode_frame  # noqa: E402
 from fedge.config import AggregatorConfig  # noqa: E402
-from fedge.data.context import stats_rows, unit_windows  # noqa: E402
+from fedge.data.context import stats_rows  # noqa: E402
 from fedge.data.simulator import MachineSimulator, make_site_profiles  # noqa: E402
 from fedge.data.windows import FeatureStats  # noqa: E402
 from fedge.messages import (  # noqa: E402
@@ -100,14 +101,6 @@ class Device:
     answered: set[int] = field(default_factory=set)
 
 
-def _windows(runs: list[Any], spec: ModelSpec) -> WindowDataset:
-    parts = []
-    for run in runs:
-        x, y = unit_windows(run.sensors, np.minimum(run.rul(), spec.rul_cap), spec=spec)
-        parts.append(WindowDataset(x, y))
-    return WindowDataset.concat(parts, n_features=spec.input_features, window=spec.window)
-
-
 def _fleet(n: int, spec: ModelSpec, args: argparse.Namespace) -> tuple[list[Device],
                                                                         WindowDataset,
                                                                         dict[str, np.ndarray]]:
@@ -116,10 +109,10 @@ def _fleet(n: int, spec: ModelSpec, args: argparse.Namespace) -> tuple[list[Devi
     for i, profile in enumerate(make_site_profiles(n, seed=args.seed, non_iid=True)):
         runs = MachineSimulator(profile=profile, seed=100 + i).units(4)
         train_runs += runs[:3]
-        holdout.append(_windows(runs[3:], spec))
+        holdout.append(run_windows(runs[3:], spec))
         flapping = i % 2 == 1
         devices.append(Device(
-            name=f"dev-{i:02d}", data=_windows(runs[:3], spec),
+            name=f"dev-{i:02d}", data=run_windows(runs[:3], spec),
             speed=float(rng.uniform(1.0, 3.0)), flapping=flapping,
             online_fraction=float(rng.uniform(0.3, 0.7)) if flapping else 1.0,
             rng=np.random.default_rng(1000 + i)))

@@ -100,7 +100,8 @@ class RunResult:
         return cls(setting, seed, s.rmse, s.mae, s.score, s.pr_auc, rounds, wall_s, n_bytes)
 
 
-def _windows(runs: list[UnitRun], spec: ModelSpec) -> WindowDataset:
+def run_windows(runs: list[UnitRun], spec: ModelSpec) -> WindowDataset:
+    """Every training window of ``runs`` (run-to-failure units), RUL capped as in training."""
     parts = []
     for run in runs:
         x, y = unit_windows(run.sensors, np.minimum(run.rul(), spec.rul_cap), spec=spec)
@@ -136,7 +137,7 @@ def run_central(
     )
     model.input_mean.copy_(torch.from_numpy(stats.mean.astype(np.float32)))
     model.input_std.copy_(torch.from_numpy(stats.std.astype(np.float32)))
-    data = _windows(runs, spec)
+    data = run_windows(runs, spec)
     # Same loop shape as the federated runs: one train_local call per epoch.
     for epoch in range(epochs):
         train_local(
