@@ -110,7 +110,11 @@ class Maintenance:
         self.on_outcome = on_outcome
         self.outcomes: list[LifeOutcome] = []
         self.stats = MaintenanceStats()
-        self.revision = 0  # bumped whenever lives are re-cut: invalidates cached datasets
+        # Bumped whenever lives change (re-cut, or the first life opened); only this
+        # object writes lives, so it invalidates everything derived from them: the
+        # agent's datasets and failed_units() below.
+        self.revision = 0
+        self._failed_units: tuple[int, tuple[int, ...]] | None = None  # (revision, units)
         self._seen = 0
         self._polled: tuple[int, int] | None = None  # events_marker() when last read to the end
         self._pending: list[EventRecord] = []
@@ -136,8 +140,17 @@ class Maintenance:
         return bool(self.events.lives())
 
     def failed_units(self) -> tuple[int, ...]:
-        """Units whose life ended in failure (they have RUL labels), in order."""
-        return tuple(r.unit for r in self.events.lives() if r.end_kind == "failure")
+        """Units whose life ended in failure (they have RUL labels), in order.
+
+        Cached until :attr:`revision` moves: the agent asks several times a round
+        (datasets, the model check's probe windows) and the lives query was the
+        largest part of each answer.
+        """
+        cached = self._failed_units
+        if cached is None or cached[0] != self.revision:
+            units = tuple(r.unit for r in self.events.lives() if r.end_kind == "failure")
+            cached = self._failed_units = (self.revision, units)
+        return cached[1]
 
     def rul_labels(self, data: UnitData) -> npt.NDArray[np.float32]:
         """RUL of each reading of ``data`` (a failed life), in ``config.rul_unit``."""
@@ -191,6 +204,7 @@ class Maintenance:
                 first_seq=None,
             )
             self.events.insert_life(self._current)
+            self.revision += 1
             self.watch.unit = self._current.unit
         unit, cycle = self._current.unit, self._next_cycle
         seq = self.store.append(unit=unit, cycle=cycle, ts=ts, values=sample.values)

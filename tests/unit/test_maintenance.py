@@ -473,3 +473,26 @@ def test_polling_queries_the_events_only_when_something_may_have_been_added(
     assert [r.event.kind for r in agent.maintenance.events.all_events() if r.applied] == [
         "failure", "repair"]
     agent.stop()
+
+
+def test_failed_units_query_the_lives_only_after_they_changed(tmp_path: Path) -> None:
+    clock = Clock()
+    agent = make_agent(tmp_path, clock)
+    agent.start()
+    queries: list[str] = []
+    agent.store._db.set_trace_callback(
+        lambda sql: queries.append(sql) if "FROM lives" in sql else None
+    )
+    sample_at(agent, clock, T0)  # opens the first life: the lives changed
+    assert agent.maintenance.failed_units() == ()
+    asked = len(queries)
+    assert asked >= 1
+    for _ in range(3):
+        assert agent.maintenance.failed_units() == ()
+    assert len(queries) == asked  # cached: no query while the lives stay as they are
+    cli_write(agent.config.store_path, event("failure", T0 + 0.5))  # another process
+    clock.now = T0 + 1
+    agent.step()  # polls the event and re-cuts the lives
+    assert agent.maintenance.failed_units() == (0,)
+    assert len(queries) > asked
+    agent.stop()
