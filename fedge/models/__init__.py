@@ -8,6 +8,7 @@ statistics round fills in, so the normalisation travels with the weights.
 
 from fedge.models.base import (
     FaultModel,
+    copy_state,
     count_parameters,
     load_tensors,
     state_tensors,
@@ -19,6 +20,7 @@ __all__ = [
     "MODELS",
     "FaultModel",
     "build_model",
+    "copy_state",
     "count_parameters",
     "load_tensors",
     "state_tensors",

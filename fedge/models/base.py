@@ -17,6 +17,7 @@ from fedge.spec import ModelSpec
 
 __all__ = [
     "FaultModel",
+    "copy_state",
     "count_parameters",
     "load_tensors",
     "state_tensors",
@@ -114,3 +115,18 @@ def load_tensors(
     with torch.no_grad():
         for name, array in tensors.items():
             state[name].copy_(torch.from_numpy(np.asarray(array, dtype=np.float32)))
+
+
+def copy_state(target: nn.Module, source: nn.Module) -> None:
+    """Copy every tensor of ``source``'s state into ``target`` (same architecture).
+
+    What ``target.load_state_dict(source.state_dict())`` does for two models built
+    from one spec, without its per-module bookkeeping (~0.1 ms a call on a device,
+    where a training round can be a single mini-batch).
+    """
+    into, out = target.state_dict(), source.state_dict()
+    if list(into) != list(out) or any(into[k].shape != t.shape for k, t in out.items()):
+        raise ValueError("copy_state needs two models of the same architecture")
+    with torch.no_grad():
+        for name, tensor in out.items():
+            into[name].copy_(tensor)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedge.messages import TrainingConfig
-from fedge.models import build_model, count_parameters, state_tensors
+from fedge.models import build_model, copy_state, count_parameters, state_tensors
 from fedge.spec import ModelSpec
 from fedge.training import WindowDataset, evaluate, predict, train_local
 
@@ -99,6 +99,24 @@ def test_build_is_deterministic_per_seed(name: str) -> None:
     a, b, c = (state_tensors(build_model(spec, seed=s)) for s in (3, 3, 4))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_copy_state_is_load_state_dict_of_the_same_architecture(name: str) -> None:
+    spec = _spec(name, **SMALL)
+    source, via_copy, via_load = (build_model(spec, seed=s) for s in (1, 2, 2))
+    with torch.no_grad():
+        source.input_mean.fill_(3.0)  # buffers too, not only parameters
+    copy_state(via_copy, source)
+    via_load.load_state_dict(source.state_dict())
+    for (name_a, a), (name_b, b) in zip(via_copy.state_dict().items(),
+                                        via_load.state_dict().items(), strict=True):
+        assert name_a == name_b and torch.equal(a, b)
+    assert torch.equal(via_copy.input_mean, source.input_mean)
+    assert via_copy.input_mean.data_ptr() != source.input_mean.data_ptr()  # copied, not shared
+    other = build_model(_spec(name, **{**SMALL, "hidden": 4}))
+    with pytest.raises(ValueError, match="same architecture"):
+        copy_state(other, source)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
