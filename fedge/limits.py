@@ -226,15 +226,22 @@ def _check_version(
         )
 
 
-def _float_array(name: str, array: np.ndarray) -> np.ndarray:
+def _peak(name: str, array: np.ndarray) -> float:
+    """``max |entry|`` of a numeric tensor (0 if empty); NON_FINITE if it is not numeric
+    or a float entry is NaN or infinite (then the peak is too: one pass checks both)."""
     arr = np.asarray(array)
     if arr.dtype.kind not in "fiu":
         raise RefusedError(
             RefusalReason.NON_FINITE, f"tensor {name!r} is not numeric (dtype {arr.dtype})"
         )
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    if not arr.size:
+        return 0.0
+    if arr.dtype.kind != "f":
+        return float(np.abs(arr.astype(np.float64)).max())
+    peak = float(np.abs(arr).max())
+    if not math.isfinite(peak):
         raise RefusedError(RefusalReason.NON_FINITE, f"tensor {name!r} has NaN or infinity")
-    return arr.astype(np.float64, copy=False)
+    return peak
 
 
 def check_global_model(
@@ -265,31 +272,31 @@ def check_global_model(
     missing = [name for name in NORMALISATION if name not in tensors]
     if missing:
         raise RefusedError(RefusalReason.MISSING_NORMALISATION, f"no tensor {missing[0]!r}")
-    values = {name: _float_array(name, array) for name, array in tensors.items()}
+    # Every tensor numeric and finite first, whatever else is wrong with the model.
+    peaks = {name: _peak(name, array) for name, array in tensors.items()}
     expected = (spec.stats_features,)
     for name in NORMALISATION:
-        if values[name].shape != expected:
+        shape = np.shape(tensors[name])
+        if shape != expected:
             raise RefusedError(
-                RefusalReason.BAD_NORMALISATION,
-                f"{name} has shape {values[name].shape}, expected {expected}",
+                RefusalReason.BAD_NORMALISATION, f"{name} has shape {shape}, expected {expected}"
             )
-    std, mean = values["input_std"], values["input_mean"]
+    std = np.asarray(tensors["input_std"], np.float64)
     if std.size and (std.min() < limits.min_std or std.max() > limits.max_std):
         raise RefusedError(
             RefusalReason.STD_OUT_OF_RANGE,
             f"input_std in [{std.min():g}, {std.max():g}], "
             f"allowed [{limits.min_std:g}, {limits.max_std:g}]",
         )
-    if mean.size and np.abs(mean).max() > limits.max_abs_mean:
+    if peaks["input_mean"] > limits.max_abs_mean:
         raise RefusedError(
             RefusalReason.MEAN_OUT_OF_RANGE,
-            f"|input_mean| reaches {np.abs(mean).max():g}, allowed {limits.max_abs_mean:g}",
+            f"|input_mean| reaches {peaks['input_mean']:g}, allowed {limits.max_abs_mean:g}",
         )
-    for name, arr in values.items():
+    for name, peak in peaks.items():
         # Integer tensors are counters, not weights: numeric is all they must be.
-        if name in NORMALISATION or not arr.size or tensors[name].dtype.kind != "f":
+        if name in NORMALISATION or np.asarray(tensors[name]).dtype.kind != "f":
             continue
-        peak = float(np.abs(arr).max())
         if peak > limits.max_abs_weight:
             raise RefusedError(
                 RefusalReason.WEIGHT_OUT_OF_RANGE,
