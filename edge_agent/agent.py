@@ -1098,7 +1098,12 @@ class EdgeAgent:
         train, holdout = self.datasets(self.model.spec)
         if len(train) == 0:
             return None
-        base = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        # FedProx's reference (the round's global weights); plain FedAvg never reads it.
+        base = (
+            {k: v.detach().clone() for k, v in self.model.named_parameters()}
+            if ann.training.proximal_mu > 0
+            else None
+        )
         local = self._training_model(self.model.spec)
         copy_state(local, self.model)
         # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.

@@ -23,6 +23,7 @@ Every refusal is a :class:`~fedge.errors.RefusedError` whose ``reason`` is data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from fedge.errors import RefusalReason, RefusedError
 from fedge.limits import AgentLimits, check_global_model, check_holdout_score
 from fedge.models import FaultModel, build_model, load_tensors
 from fedge.spec import ModelSpec
-from fedge.training import WindowDataset, evaluate, predict
+from fedge.training import WindowDataset, evaluate, peak_rul
 
 __all__ = ["ModelGate", "Vetted"]
 
@@ -103,16 +104,16 @@ class ModelGate:
         load_tensors(candidate, frame.tensors)
         windows = probe(spec)
         if windows is not None and windows.shape[0]:
-            rul, prob = predict(candidate, windows[: self.probe_windows])
-            if not (np.isfinite(rul).all() and np.isfinite(prob).all()):
+            peak = peak_rul(candidate, windows[: self.probe_windows])
+            if math.isnan(peak):
                 raise RefusedError(
                     RefusalReason.NON_FINITE_OUTPUT,
                     f"version {version} gives NaN or infinity on stored windows",
                 )
-            if rul.size and float(np.abs(rul).max()) > self.max_abs_rul:
+            if peak > self.max_abs_rul:
                 raise RefusedError(
                     RefusalReason.OUTPUT_OUT_OF_RANGE,
-                    f"version {version} predicts RUL {float(np.abs(rul).max()):g} cycles",
+                    f"version {version} predicts RUL {peak:g} cycles",
                 )
         score: float | None = None
         if self.margin is not None and running is not None and version > 0:

@@ -26,6 +26,7 @@ __all__ = [
     "TrainingStopped",
     "WindowDataset",
     "evaluate",
+    "peak_rul",
     "predict",
     "set_torch_threads",
     "train_local",
@@ -229,6 +230,27 @@ def predict(
     if not ruls:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
     return np.concatenate(ruls), np.concatenate(probs)
+
+
+@torch.inference_mode()
+def peak_rul(model: FaultModel, x: np.ndarray) -> float:
+    """The largest RUL :func:`predict` would give for windows ``x`` (0 for none), or NaN
+    if it would give a NaN (RUL or failure probability) or an infinite RUL.
+
+    What a smoke test of a new model needs, in one forward pass without the
+    clipping, sigmoid and copies of :func:`predict` (the agent runs one on every
+    global model before it trains on it).
+    """
+    if model.training:
+        model.eval()
+    if x.shape[0] == 0:
+        return 0.0
+    rul, logit = model(torch.from_numpy(np.ascontiguousarray(x)))
+    if bool(rul.isnan().any()) or bool(logit.isnan().any()):
+        return math.nan
+    # predict clips at 0, so -inf (or any negative) reads as 0 there; +inf stays.
+    peak = max(float(rul.max()), 0.0)
+    return peak if math.isfinite(peak) else math.nan
 
 
 def evaluate(model: FaultModel, data: WindowDataset) -> Evaluation:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from fedge.messages import TrainingConfig
 from fedge.models import build_model, copy_state, count_parameters, state_tensors
 from fedge.spec import ModelSpec
-from fedge.training import WindowDataset, evaluate, predict, train_local
+from fedge.training import WindowDataset, evaluate, peak_rul, predict, train_local
 
 ARCHITECTURES: tuple[str, ...] = typing.get_args(ModelSpec.model_fields["name"].annotation)
 MAX_PARAMETERS = 200_000  # the Raspberry Pi budget
@@ -256,3 +257,34 @@ def test_predict_clips_rul_and_returns_probabilities() -> None:
     assert ((prob >= 0) & (prob <= 1)).all()
     empty_rul, empty_prob = predict(model, np.zeros((0, spec.window, spec.n_features), np.float32))
     assert empty_rul.shape == empty_prob.shape == (0,)
+
+
+@pytest.mark.parametrize("bias", [-10.0, 0.0, 0.3, 5.0])
+def test_peak_rul_is_the_largest_rul_predict_gives(bias: float) -> None:
+    spec = ModelSpec(**SMALL)
+    model = build_model(spec, seed=2)
+    with torch.no_grad():
+        model.rul_head.bias.fill_(bias)  # -10: every prediction clipped to 0 by predict
+    x = np.random.default_rng(0).normal(size=(7, spec.window, spec.n_features)).astype(np.float32)
+    rul, _ = predict(model, x)
+    assert peak_rul(model, x) == pytest.approx(float(rul.max()), rel=1e-6)
+    assert peak_rul(model, x[:0]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("head", "value", "nan"),
+    [("rul_head", math.nan, True), ("rul_head", math.inf, True), ("rul_head", -math.inf, False),
+     ("fail_head", math.nan, True), ("fail_head", math.inf, False)],
+)
+def test_peak_rul_is_nan_where_predict_gives_nan_or_an_infinite_rul(
+    head: str, value: float, nan: bool
+) -> None:
+    spec = ModelSpec(**SMALL)
+    model = build_model(spec, seed=2)
+    with torch.no_grad():
+        getattr(model, head).bias.fill_(value)
+    x = np.zeros((3, spec.window, spec.n_features), np.float32)
+    rul, prob = predict(model, x)
+    # predict: RUL clipped at 0 (so -inf reads 0), failure probability a sigmoid (inf -> 1).
+    assert (not (np.isfinite(rul).all() and np.isfinite(prob).all())) is nan
+    assert math.isnan(peak_rul(model, x)) is nan
