@@ -67,6 +67,7 @@ __all__ = [
     "align_header",
     "contiguous",
     "decode_frame",
+    "decode_header",
     "encode_frame",
 ]
 
@@ -220,26 +221,8 @@ def _inflate(body: memoryview, limit: int) -> memoryview:
     return memoryview(out)
 
 
-def decode_frame(
-    data: bytes | bytearray | memoryview,
-    *,
-    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-    max_decompressed_bytes: int | None = None,
-    copy: bool = True,
-) -> Frame:
-    """Decode an untrusted v1 frame.
-
-    Raises FrameTooLargeError before looking at the bytes if ``data`` is over
-    ``max_bytes``, and before inflating a zstd body if the frame would then exceed
-    ``max_decompressed_bytes`` (default ``max_bytes``); CompressionError for a bad
-    zstd body; FrameError for anything else malformed; NonFiniteTensorError if a
-    float tensor holds NaN or infinity.
-
-    ``copy=False`` returns arrays that view ``data`` (or the inflated body) without
-    copying: read-only when ``data`` is ``bytes``. The default copies each tensor
-    once into writable arrays of its own.
-    """
-    view = memoryview(data).cast("B")
+def _read_header(view: memoryview, *, max_bytes: int) -> tuple[int, FrameHeader, int]:
+    """Check the prefix and validate the header: (flags, header, offset of the body)."""
     size = view.nbytes
     if size > max_bytes:
         raise FrameTooLargeError(f"frame of {size} bytes exceeds limit {max_bytes}")
@@ -263,6 +246,42 @@ def decode_frame(
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "<root>"
         raise FrameError(f"invalid frame header: {where}: {first['msg']}") from exc
+    return flags, header, body_start
+
+
+def decode_header(
+    data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> FrameHeader:
+    """The validated header of an untrusted v1 frame, its body left unread.
+
+    For a reader that needs only who sent what (a monitor, a log); the same checks
+    and errors as :func:`decode_frame` up to the header. Not a substitute for it
+    before any tensor is used: the body is not even looked at.
+    """
+    return _read_header(memoryview(data).cast("B"), max_bytes=max_bytes)[1]
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_decompressed_bytes: int | None = None,
+    copy: bool = True,
+) -> Frame:
+    """Decode an untrusted v1 frame.
+
+    Raises FrameTooLargeError before looking at the bytes if ``data`` is over
+    ``max_bytes``, and before inflating a zstd body if the frame would then exceed
+    ``max_decompressed_bytes`` (default ``max_bytes``); CompressionError for a bad
+    zstd body; FrameError for anything else malformed; NonFiniteTensorError if a
+    float tensor holds NaN or infinity.
+
+    ``copy=False`` returns arrays that view ``data`` (or the inflated body) without
+    copying: read-only when ``data`` is ``bytes``. The default copies each tensor
+    once into writable arrays of its own.
+    """
+    view = memoryview(data).cast("B")
+    flags, header, body_start = _read_header(view, max_bytes=max_bytes)
     compressed = bool(flags & FLAG_ZSTD)
     if compressed != (resolve_codec(header.codec).zstd_level is not None):
         raise FrameError(

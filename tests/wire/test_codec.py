@@ -22,6 +22,7 @@ from fedge.codec import (
     FrameHeader,
     align_header,
     decode_frame,
+    decode_header,
     encode_frame,
 )
 from fedge.errors import FrameError, FrameTooLargeError, NonFiniteTensorError, ProtocolError
@@ -184,6 +185,34 @@ def test_round_trip_with_no_tensors() -> None:
     frame = decode_frame(encode_frame(_header(kind="evaluation"), {}))
     assert frame.tensors == {}
     assert frame.header.kind == "evaluation"
+
+
+def test_decode_header_is_the_frames_header_without_reading_the_body() -> None:
+    header = _header(version=4, metrics={"local_seconds": 0.25})
+    frame = encode_frame(header, {"a": np.ones(2, np.float32)})
+    assert decode_header(frame) == header == decode_frame(frame).header
+    # A body decode_frame refuses (garbage, NaN) is not looked at: only the header is.
+    assert decode_header(_raw_frame(HEADER_JSON, b"\x00garbage")) == decode_frame(
+        _raw_frame(HEADER_JSON, _st_body("F32", [0], b""))).header
+    nan = encode_frame(header, {"a": np.array([np.nan], np.float32)})
+    with pytest.raises(NonFiniteTensorError):
+        decode_frame(nan)
+    assert decode_header(nan) == header
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [(b"FEDG", "truncated frame"), (b"FEDH" + b"\x00" * 20, "bad magic"),
+     (b"FEDG\x02\x00\x00\x00\x00\x00", "unsupported frame version 2")],
+)
+def test_decode_header_refuses_what_decode_frame_refuses_up_to_the_header(
+    frame: bytes, error: str
+) -> None:
+    for decode in (decode_header, decode_frame):
+        with pytest.raises(FrameError, match=error):
+            decode(frame)
+    with pytest.raises(FrameTooLargeError):
+        decode_header(_valid_frame(), max_bytes=10)
 
 
 # Rejections --------------------------------------------------------------------------------
