@@ -225,7 +225,7 @@ class EdgeAgent:
         self._job: (
             tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]] | None
         ) = None
-        self._worker = JobWorker(f"{config.device}-train")
+        self._worker = JobWorker(f"{config.device}-train", nice=config.training_nice)
         self._train_data: WindowDataset | None = None
         # Runs on the agent thread once the round's update is published: saves the new
         # error-feedback residual (the store belongs to this thread, not the trainer's).

@@ -5,15 +5,43 @@ run its first bytecode, which under load means waiting for the GIL behind whatev
 training; measured on benchmarks/round.py (25 agents a process), that wait was the
 largest single item of the agent threads' wall time. The worker instead sleeps on a
 condition between jobs, and a job is handed over with one ``notify``.
+
+``nice``: the worker lowers its own thread's CPU priority by that much (Linux, where
+``setpriority`` takes a thread id), so on a busy device the agent thread (sampling,
+telemetry, MQTT) gets the CPU before training does. Measured on benchmarks/round.py
+(100 devices on 2 cores), the round overhead dropped from 77-88 to 67-68 ms: devices
+pick a round up sooner when the others' training does not hold the cores.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
 
 __all__ = ["JobWorker"]
+
+log = logging.getLogger(__name__)
+
+
+def lower_thread_priority(by: int) -> int | None:
+    """Raise the calling thread's nice value by ``by`` (at most 19); return the new value.
+
+    None where the OS does not offer per-thread priorities or refuses (the thread then
+    runs at the priority it has: a slower device, never a failed round).
+    """
+    if by <= 0 or not hasattr(os, "setpriority"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + by)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError as exc:
+        log.debug("could not lower the training thread's priority: %s", exc)
+        return None
+    return nice
 
 
 class JobWorker:
@@ -25,8 +53,9 @@ class JobWorker:
     whether the worker is still alive.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, nice: int = 0) -> None:
         self._name = name
+        self._nice = nice
         self._cv = threading.Condition()
         self._jobs: deque[Callable[[], None]] = deque()
         self._closing = False
@@ -57,6 +86,7 @@ class JobWorker:
             thread.join(timeout=timeout)
 
     def _loop(self) -> None:
+        lower_thread_priority(self._nice)
         while True:
             with self._cv:
                 while not self._jobs and not self._closing:

@@ -277,6 +277,9 @@ class AgentConfig(FedgeSettings):
     # Train on a worker thread, so sampling and telemetry keep their rate during a round
     # (in-process simulations train inline, which keeps them deterministic).
     background_training: bool = True
+    # That thread's CPU priority this much below the agent's (Linux thread nice): on a
+    # busy device, sampling, telemetry and MQTT are not queued behind training. 0 = same.
+    training_nice: Annotated[int, Field(ge=0, le=19)] = 10
     # Broker unreachable: retry with exponential backoff and jitter between these bounds.
     reconnect_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0

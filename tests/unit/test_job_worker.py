@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
-from edge_agent.job_worker import JobWorker
+import pytest
+
+from edge_agent.job_worker import JobWorker, lower_thread_priority
 
 
 def test_jobs_run_in_order_on_one_thread_that_outlives_them() -> None:
@@ -51,3 +54,25 @@ def test_close_lets_the_running_job_finish_first() -> None:
     release.set()
     closer.join(5.0)
     assert finished.is_set() and not thread.is_alive()
+
+
+def _own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priorities")
+@pytest.mark.parametrize("nice", [0, 3, 40])
+def test_the_worker_thread_runs_its_jobs_at_a_lower_priority(nice: int) -> None:
+    base = _own_nice()
+    seen: list[int] = []
+    done = threading.Event()
+    worker = JobWorker("dev-train", nice=nice)
+    worker.run(lambda: (seen.append(_own_nice()), done.set()))
+    assert done.wait(5.0)
+    worker.close(timeout=5.0)
+    assert seen == [min(19, base + nice)]  # capped at 19, the lowest priority
+    assert _own_nice() == base  # the calling thread keeps its own
+
+
+def test_lowering_the_priority_by_nothing_changes_nothing() -> None:
+    assert lower_thread_priority(0) is None
