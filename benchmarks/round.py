@@ -18,11 +18,12 @@ device's time from picking the round up to its encoded frame). The median over
 this process): at 100 agents the devices' own work saturates the 2 cores of the
 test machine, which is what the overhead at that scale mostly measures.
 
-The agent processes run at ``--device-nice`` (default 10): on a fleet every device
-has a CPU of its own, and the broker and aggregator are not queued behind the
-devices' training as they are when 100 simulated devices share these 2 cores with
-them. The devices still contend with each other, as before. ``--device-nice 0``
-measures with everything at one priority.
+Everything runs at one CPU priority by default, the devices' training threads
+excepted (they lower their own by ``training_nice``, 10, as on a real device).
+``--device-nice N`` runs the agent processes N lower still, which models a fleet's
+devices having CPUs of their own (the broker and aggregator are then not queued
+behind 100 simulated devices sharing these 2 cores with them); not used for the
+figures reported.
 
 Prints a table and writes ``benchmarks/results/round.json`` (``cases``: agents,
 overhead_s, plus the per-round figures).
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--agents", type=int, nargs="+", default=[20, 100, 500])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--device-nice", type=int, default=10,
-                        help="nice value of the agent processes (0: same priority as the rest)")
+    parser.add_argument("--device-nice", type=int, default=0,
+                        help="lower the agent processes' CPU priority by this much (default 0)")
     parser.add_argument("--quick", action="store_true", help="20 and 100 agents, 2 rounds")
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--child", nargs=4, metavar=("PORT", "FIRST", "COUNT", "DIR"),
