@@ -446,16 +446,22 @@ def test_rul_in_operating_hours_counts_to_the_failure_event(tmp_path: Path) -> N
     agent.stop()
 
 
+def _traced(agent: EdgeAgent, needle: str) -> list[str]:
+    """The SQL statements containing ``needle`` the agent's store runs from now on."""
+    queries: list[str] = []
+    agent.store._db.set_trace_callback(
+        lambda sql: queries.append(sql) if needle in sql else None
+    )
+    return queries
+
+
 def test_polling_queries_the_events_only_when_something_may_have_been_added(
     tmp_path: Path,
 ) -> None:
     clock = Clock()
     agent = make_agent(tmp_path, clock)
     agent.start()
-    queries: list[str] = []
-    agent.store._db.set_trace_callback(
-        lambda sql: queries.append(sql) if "FROM events WHERE seq >" in sql else None
-    )
+    queries = _traced(agent, "FROM events WHERE seq >")
     for _ in range(5):
         agent.step()
     assert queries == []  # nothing new: one pragma a step, no query
@@ -479,10 +485,7 @@ def test_failed_units_query_the_lives_only_after_they_changed(tmp_path: Path) ->
     clock = Clock()
     agent = make_agent(tmp_path, clock)
     agent.start()
-    queries: list[str] = []
-    agent.store._db.set_trace_callback(
-        lambda sql: queries.append(sql) if "FROM lives" in sql else None
-    )
+    queries = _traced(agent, "FROM lives")
     sample_at(agent, clock, T0)  # opens the first life: the lives changed
     assert agent.maintenance.failed_units() == ()
     asked = len(queries)
