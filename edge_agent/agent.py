@@ -1,8 +1,12 @@
 """The edge agent: sample, store, forward telemetry, train locally, predict.
 
 The agent owns one thread (``run``). The transport's callbacks only put inbound
-messages on a queue; everything else, including training, happens on the agent
-thread, so paho's network loop is never blocked and there is no shared state.
+messages on a queue; everything else happens on the agent thread, so paho's network
+loop is never blocked, except local training: with ``background_training`` it runs
+on a worker thread of lower CPU priority (:mod:`edge_agent.job_worker`), on copies
+of what it needs, and hands its frame back to the agent thread to publish. What a
+model reads from the store (features, windows, statistics) is
+:class:`~edge_agent.device_data.DeviceData`.
 
 Inbound, nothing is trusted: in security mode ``verify`` every global model and
 round announcement must be signed by the pinned aggregator key; announcements are
@@ -39,6 +43,7 @@ import numpy as np
 import tenacity
 import torch
 
+from edge_agent.device_data import DeviceData
 from edge_agent.job_worker import JobWorker
 from edge_agent.maintenance import Maintenance
 from edge_agent.model_gate import ModelGate
@@ -50,8 +55,6 @@ from fedge.chunking import split_frame
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
 from fedge.compression import UpdateCodec, compress_update, resolve_codec, wire_codec
 from fedge.config import AgentConfig
-from fedge.data.context import add_context, stats_rows
-from fedge.data.windows import FeatureStats, last_window, make_windows
 from fedge.errors import (
     FeatureSchemaError,
     FedgeError,
@@ -64,8 +67,7 @@ from fedge.errors import (
     StorageError,
     TransportError,
 )
-from fedge.features.schema import feature_columns, forward_fill, non_numeric_features
-from fedge.limits import AdmittedRound, check_announcement, check_stats_rows
+from fedge.limits import AdmittedRound, check_announcement
 from fedge.messages import (
     DeviceStatus,
     Prediction,
@@ -218,15 +220,12 @@ class EdgeAgent:
         self._pending_round: AdmittedRound | None = None
         self._answered: set[int] = set()
         self._inflight: list[tuple[PublishHandle, list[int]]] = []
-        self._dataset_key: tuple[tuple[int, ...], ModelSpec, int] | None = None
-        self._columns: dict[ModelSpec, np.ndarray] = {}
         # Set when the agent must stop: local training checks it between mini-batches.
         self._halt = threading.Event()
         self._job: (
             tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]] | None
         ) = None
         self._worker = JobWorker(f"{config.device}-train", nice=config.training_nice)
-        self._train_data: WindowDataset | None = None
         # Runs on the agent thread once the round's update is published: saves the new
         # error-feedback residual (the store belongs to this thread, not the trainer's).
         self._commit: tuple[int, Callable[[], None]] | None = None
@@ -235,7 +234,6 @@ class EdgeAgent:
         # The previous running model: the next global model is loaded into it to be
         # vetted (ModelGate.vet's ``spare``) rather than into a newly built one.
         self._spare: FaultModel | None = None
-        self._holdout: WindowDataset | None = None
         self._current_unit: int | None = None
         self._current_cycle: int | None = None
         self._history_units = history_units
@@ -247,6 +245,10 @@ class EdgeAgent:
         # Events, lives, labels and the health score (edge_agent/maintenance.py).
         self.maintenance = Maintenance(
             config, store=store, sensor_names=source.sensor_names, transport=transport, clock=clock
+        )
+        # Features, windows and statistics from the store (edge_agent/device_data.py).
+        self.data = DeviceData(
+            config, store=store, maintenance=self.maintenance, sensor_names=source.sensor_names
         )
 
     @staticmethod
@@ -632,7 +634,7 @@ class EdgeAgent:
                 running=self.model,
                 running_version=self.model_version,
                 floor=floor,
-                holdout=self._holdout_or_empty,
+                holdout=self.data.holdout_or_empty,
                 probe=self._probe_windows,
                 spare=self._spare,
             )
@@ -665,64 +667,19 @@ class EdgeAgent:
         except FedgeError as exc:  # e.g. a feature without numbers: declined at the round
             self.stats.last_error = str(exc)
 
-    def _holdout_or_empty(self, spec: ModelSpec) -> WindowDataset:
-        """The held-out windows for ``spec``; none if the device cannot build them."""
-        try:
-            return self.datasets(spec)[1]
-        except FeatureSchemaError:
-            return WindowDataset.concat([], n_features=spec.input_features, window=spec.window)
-
     def _probe_windows(self, spec: ModelSpec) -> np.ndarray | None:
         """Stored windows for a smoke forward pass of a model of ``spec``."""
-        try:
-            train, holdout = self.datasets(spec)
-        except FeatureSchemaError:
-            return self._live_window(spec)
-        for data in (holdout, train):
-            if len(data):
-                return data.x[: self.gate.probe_windows]
-        return self._live_window(spec)
+        return self.data.probe_windows(
+            spec, limit=self.gate.probe_windows, unit=self._current_unit,
+            cycle=self._current_cycle,
+        )
 
     def columns(self, spec: ModelSpec) -> np.ndarray:
         """Column of each of ``spec``'s features among this device's channels.
 
         Raises FeatureSchemaError naming the features the device lacks.
         """
-        cols = self._columns.get(spec)
-        if cols is None:
-            cols = np.array(
-                feature_columns(
-                    spec,
-                    self.source.sensor_names,
-                    mapping=self.config.features,
-                    device=self.config.device,
-                ),
-                dtype=np.intp,
-            )
-            self._columns[spec] = cols
-        return cols
-
-    def _model_inputs(
-        self, spec: ModelSpec, values: np.ndarray, cycles: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The model's features (in its order) from stored channel readings.
-
-        Channels without a fresh value (NaN) carry their last value forward; rows before
-        every feature has had a value are dropped (with their cycles).
-        """
-        cols = self.columns(spec)
-        if cols.shape[0] == values.shape[1] and (cols == np.arange(cols.shape[0])).all():
-            picked = values  # channels already in the model's order: no copy
-        else:
-            # Fancy indexing on axis 1 returns an F-ordered array; C order keeps every
-            # later reduction (sums, windows) in the same order as for a plain array.
-            picked = np.ascontiguousarray(values[:, cols])
-        x = forward_fill(picked)
-        if not np.isnan(x).any():
-            return x, cycles
-        complete = ~np.isnan(x).any(axis=1)
-        first = int(np.argmax(complete)) if complete.any() else x.shape[0]
-        return x[first:], None if cycles is None else cycles[first:]
+        return self.data.columns(spec)
 
     # Sensing and telemetry ----------------------------------------------------------------------
     def _sample(self, now: float) -> None:
@@ -860,62 +817,9 @@ class EdgeAgent:
 
     # Learning ----------------------------------------------------------------------------------
     def datasets(self, spec: ModelSpec) -> tuple[WindowDataset, WindowDataset]:
-        """Training and held-out windows from lives that ended in failure (cached).
-
-        Labels come from the lives (edge_agent.maintenance): RUL in ``rul_unit``;
-        lives closed by a repair or replacement are censored and not used.
-
-        Every ``k``-th failed unit (k = 1/holdout_fraction) is held out, so the split
-        is stable as new units fail and the model is never validated on its own
-        training windows.
-        """
-        units = self.maintenance.failed_units()
-        if (
-            (units, spec, self.maintenance.revision) == self._dataset_key
-            and self._train_data is not None
-            and self._holdout is not None
-        ):
-            return self._train_data, self._holdout
-        every = round(1 / self.config.holdout_fraction) if self.config.holdout_fraction > 0 else 0
-        # The old windows go before the new ones are built: never both in memory.
-        self._train_data = self._holdout = None
-        train: list[WindowDataset] = []
-        hold: list[WindowDataset] = []
-        numeric: set[str] = set()
-        names = spec.feature_names or tuple(f"feature {i}" for i in range(spec.n_features))
-        for i, unit in enumerate(units):
-            data = self.store.unit_data(unit)
-            head, _ = self._model_inputs(spec, self.store.head(unit))
-            if spec.context == "history" and head.shape[0] == 0:
-                continue  # first cycles never seen: no baseline, cannot be used
-            values, cycles = self._model_inputs(spec, data.values, data.cycles)
-            assert cycles is not None  # noqa: S101 - cycles were given
-            numeric.update(set(names) - set(non_numeric_features(values, names)))
-            labels = self.maintenance.rul_labels(data)
-            rul = np.minimum(labels, spec.rul_cap)[len(data.cycles) - len(cycles) :]
-            if values.shape[0] < spec.window:
-                continue
-            x, y = make_windows(values, rul, window=spec.window)
-            assert y is not None  # noqa: S101 - targets were given
-            # Window k ends at the unit's (k + window - 1)-th stored reading.
-            x = add_context(x, end_cycles=cycles[spec.window - 1 :], head=head, spec=spec)
-            target = hold if every and i % every == every - 1 else train
-            target.append(WindowDataset(x, y))
-        silent = [n for n in names if n not in numeric]
-        if units and silent:
-            raise FeatureSchemaError(
-                RejectReason.NON_NUMERIC_FEATURE,
-                f"device {self.config.device} has no numeric values for {', '.join(silent)}",
-                features=tuple(silent),
-            )
-        n_f = spec.input_features
-        self._train_data = WindowDataset.concat(train, n_features=n_f, window=spec.window,
-                                                release=True)
-        self._holdout = WindowDataset.concat(hold, n_features=n_f, window=spec.window,
-                                             release=True)
-        # Keyed by the spec too: a new global model may read other inputs or windows.
-        self._dataset_key = (units, spec, self.maintenance.revision)
-        return self._train_data, self._holdout
+        """Training and held-out windows from lives that ended in failure (cached):
+        :meth:`DeviceData.datasets <edge_agent.device_data.DeviceData.datasets>`."""
+        return self.data.datasets(spec)
 
     def _try_round(self, admitted: AdmittedRound) -> None:
         ann = admitted.announcement  # clamped to the agent's limits
@@ -1047,30 +951,15 @@ class EdgeAgent:
 
     def _answer(self, ann: RoundAnnouncement) -> bytes | None:
         if ann.task == "stats":
-            units = self.store.failed_units()
-            if not units:
-                return None
             # Summarise what the announced model will read (sensors, + age with history).
             spec = ann.model or ModelSpec(
                 n_features=len(self.source.sensor_names), context="window"
             )
-            rows = []
-            for unit in units:
-                data = self.store.unit_data(unit)
-                values, cycles = self._model_inputs(spec, data.values, data.cycles)
-                assert cycles is not None  # noqa: S101 - cycles were given
-                rows.append(stats_rows(values, cycles=cycles, spec=spec))
-            stats = FeatureStats.combine(FeatureStats.from_array(r) for r in rows)
-            if stats.count == 0:
+            summary = self.data.stats_tensors(spec)
+            if summary is None:
                 return None
-            # Sums over a handful of rows are close to the readings themselves.
-            check_stats_rows(int(stats.count), self.config.limits)
-            tensors = {
-                "count": np.array([stats.count], np.float64),
-                "sum": np.asarray(stats.sum, np.float64),
-                "sumsq": np.asarray(stats.sumsq, np.float64),
-            }
-            return encode_frame(self._header(ann, "stats", int(stats.count), {}), tensors)
+            count, tensors = summary
+            return encode_frame(self._header(ann, "stats", count, {}), tensors)
         assert self.model is not None  # noqa: S101 - checked by _try_round
         _, holdout = self.datasets(self.model.spec)
         if ann.task == "evaluate":
@@ -1259,21 +1148,7 @@ class EdgeAgent:
 
     def _live_window(self, spec: ModelSpec) -> np.ndarray | None:
         """The model input (1, window, features) of the running unit, or None if none yet."""
-        if self._current_unit is None:
-            return None
-        try:
-            recent, _ = self._model_inputs(spec, self.store.latest(self._current_unit, spec.window))
-            head, _ = self._model_inputs(spec, self.store.head(self._current_unit))
-        except FeatureSchemaError:
-            return None
-        if recent.shape[0] == 0 or (spec.context == "history" and head.shape[0] == 0):
-            return None
-        return add_context(
-            last_window(recent, window=spec.window)[None, ...],
-            end_cycles=np.array([self._current_cycle or 0]),
-            head=head,
-            spec=spec,
-        )
+        return self.data.live_window(spec, unit=self._current_unit, cycle=self._current_cycle)
 
     def predict_and_publish(self) -> Prediction | None:
         """Predict on the latest window of the running unit and publish it."""
