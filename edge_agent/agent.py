@@ -17,7 +17,8 @@ first few and every 1000th of a reason, and never ends the agent thread. Outboun
 with a signing key, everything the agent publishes is signed at publish time
 (the last will at connect time).
 
-Telemetry: readings go out in QoS 1 batches from the store; with ingest's
+Telemetry (:class:`~edge_agent.telemetry_outbox.TelemetryOutbox`): readings go out
+in QoS 1 batches from the store; with ingest's
 stored-up-to acks (``telemetry_confirm``, :mod:`edge_agent.telemetry_confirm`) a
 reading the broker acknowledged is kept as unconfirmed until an ack covers it, and
 the unconfirmed ones are sent again after a reconnect or a timeout. Every batch
@@ -37,12 +38,12 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import tenacity
 import torch
 
+from edge_agent.agent_stats import AgentStats
 from edge_agent.device_data import DeviceData
 from edge_agent.job_worker import JobWorker
 from edge_agent.maintenance import Maintenance
@@ -50,6 +51,7 @@ from edge_agent.model_gate import ModelGate
 from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
 from edge_agent.telemetry_confirm import TelemetryConfirm, Watermark
+from edge_agent.telemetry_outbox import TelemetryOutbox
 from fedge import __version__
 from fedge.chunking import split_frame
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
@@ -71,10 +73,8 @@ from fedge.limits import AdmittedRound, check_announcement
 from fedge.messages import (
     DeviceStatus,
     Prediction,
-    Reading,
     RoundAnnouncement,
     StoredAck,
-    TelemetryBatch,
     decode_message,
     encode_message,
 )
@@ -97,8 +97,6 @@ from fedge.transport import InboundMessage, PublishHandle, Transport, Will, drai
 __all__ = ["AgentStats", "EdgeAgent", "cpu_load_percent"]
 
 log = logging.getLogger(__name__)
-
-_MAX_INFLIGHT_BATCHES = 20
 
 # A background training job: its round, its thread, and the box its frame (or error) lands in.
 _TrainJob = tuple[RoundAnnouncement, threading.Thread, list[bytes | BaseException]]
@@ -137,36 +135,6 @@ def cpu_load_percent() -> float:
     """The 1-minute load average per usable core, in percent (100 = every core busy)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return 100.0 * os.getloadavg()[0] / max(1, cores or 1)
-
-
-@dataclass
-class AgentStats:
-    """Counters an operator (or a test) can read."""
-
-    readings: int = 0
-    telemetry_batches: int = 0
-    telemetry_acked: int = 0
-    telemetry_resent: int = 0
-    """Readings sent again because ingest had not confirmed them (telemetry_confirm)."""
-    stored_acks: int = 0
-    """Stored-up-to acks from ingest that moved the watermark (refused ones: ``refused``)."""
-    predictions: int = 0
-    rounds_answered: int = 0
-    update_chunks_sent: int = 0
-    """Chunk messages of updates too large for the round's ``max_message_bytes``."""
-    models_received: int = 0
-    rejected_messages: int = 0
-    """Inbound messages refused, for any reason but ``version_repeat``."""
-    refused: dict[str, int] = field(default_factory=dict)
-    """Inbound messages refused per reason: signature failures (``unsigned``,
-    ``bad_signature``, ...), malformed bytes, refused announcements and models
-    (:class:`~fedge.errors.RefusalReason`), and ``internal_error`` for anything a
-    message made go wrong that no check anticipated."""
-    models_refused: int = 0
-    declined_rounds: int = 0
-    connect_failures: int = 0
-    last_error: str | None = None
-    answered_rounds: list[int] = field(default_factory=list)
 
 
 class EdgeAgent:
@@ -211,6 +179,11 @@ class EdgeAgent:
             timeout_s=config.telemetry_confirm_timeout_s,
             watermark=None if kept is None else Watermark(*kept),
         )
+        self.outbox = TelemetryOutbox(
+            config, store=store, confirm=self.confirm, transport=transport,
+            publish=self._publish, sensor_names=source.sensor_names, stats=self.stats,
+            clock=clock,
+        )
         self.model: FaultModel | None = None
         self.model_version: int | None = None
         self.refused_version: int | None = None
@@ -219,7 +192,6 @@ class EdgeAgent:
         self._inbox: queue.Queue[InboundMessage] = queue.Queue()
         self._pending_round: AdmittedRound | None = None
         self._answered: set[int] = set()
-        self._inflight: list[tuple[PublishHandle, list[int]]] = []
         # Set when the agent must stop: local training checks it between mini-batches.
         self._halt = threading.Event()
         self._job: (
@@ -460,7 +432,7 @@ class EdgeAgent:
         except TransportError as exc:
             log.warning("%s: could not publish offline status: %s", self.config.device, exc)
         self.maintenance.save()
-        self._ack_telemetry(wait=2.0)
+        self.outbox.collect_acks(wait=2.0)
         self.transport.close()
         self.source.close()
 
@@ -504,7 +476,7 @@ class EdgeAgent:
         it brought, the round it announced) runs inside :meth:`_contained`: an error
         is logged and counted, and the agent carries on.
         """
-        self._watch_connection()  # before the inbox: the ack after a reconnect is in it
+        self.outbox.watch_connection()  # before the inbox: the ack after a reconnect is in it
         for msg in drain(self._inbox, timeout=timeout):
             self._contained(self._handle, msg)
         now = self.clock()
@@ -515,8 +487,8 @@ class EdgeAgent:
         if now >= self._next_flush:
             self._next_flush = now + self.config.telemetry_interval_s
             self.maintenance.flush()
-            self._ack_telemetry(wait=0.0)
-            self._resend_if_due(now)
+            self.outbox.collect_acks(wait=0.0)
+            self.outbox.resend_if_due(now)
             if self.flush_telemetry(now):
                 self._contained(self.predict_and_publish)
         if now >= self._next_status:
@@ -581,7 +553,7 @@ class EdgeAgent:
             elif msg.topic == self.topics.stored(self.config.device):
                 # Ingest signs nothing: the broker's ACL vouches for the topic
                 # (edge_agent.telemetry_confirm).
-                self._on_stored_ack(decode_message(StoredAck, msg.payload))
+                self.outbox.on_stored_ack(decode_message(StoredAck, msg.payload))
         except ProtocolError as exc:
             self._refuse(exc.reason.value, msg.topic, str(exc))
         except RefusedError as exc:
@@ -693,127 +665,7 @@ class EdgeAgent:
 
     def flush_telemetry(self, now: float) -> int:
         """Publish unsent readings in batches (QoS 1); returns how many were queued."""
-        queued = 0
-        names = self.source.sensor_names
-        inflight = {s for _, seqs in self._inflight for s in seqs}
-        while len(self._inflight) < _MAX_INFLIGHT_BATCHES:
-            rows = [
-                r
-                for r in self.store.unsent(self.config.telemetry_batch + len(inflight))
-                if r.seq not in inflight
-            ][: self.config.telemetry_batch]
-            if not rows:
-                break
-            try:
-                # What ingest may start or move its watermark to (issue 12): read per
-                # batch, after its rows, so the batch is among the readings owed.
-                owed = self.store.unconfirmed_from()
-            except StorageError as exc:
-                self.stats.last_error = str(exc)
-                break
-            batch = TelemetryBatch(
-                fleet=self.config.fleet,
-                device=self.config.device,
-                site=self.config.site,
-                unconfirmed_from_seq=None if owed is None else owed[0],
-                unconfirmed_from_ts=None if owed is None else owed[1],
-                readings=[
-                    Reading(
-                        seq=r.seq,
-                        ts=r.ts,
-                        cycle=r.cycle,
-                        values={n: float(v) for n, v in zip(names, r.values, strict=True)},
-                    )
-                    for r in rows
-                ],
-            )
-            try:
-                handle = self._publish(
-                    self.topics.telemetry(self.config.device), encode_message(batch)
-                )
-            except TransportError as exc:
-                self.stats.last_error = str(exc)
-                break
-            seqs = [r.seq for r in rows]
-            self._inflight.append((handle, seqs))
-            inflight.update(seqs)
-            self.stats.telemetry_batches += 1
-            queued += len(rows)
-        return queued
-
-    def _on_stored_ack(self, ack: StoredAck) -> None:
-        """Apply a stored-up-to ack (refusals raise RefusedError, counted by _handle)."""
-        mark = self.confirm.on_ack(ack, now=self.clock())
-        if mark is not None:
-            self.stats.stored_acks += 1
-            self.store.confirm_stored(mark.through_seq, mark.through_ts)
-
-    def _watch_connection(self) -> None:
-        """Tell the confirmation state about a new connection (the transport's counter)."""
-        confirm = self.confirm
-        reconnects = self.transport.reconnects
-        if confirm.subscribes and confirm.new_connection(reconnects):
-            # PUBACKs of the old connection may have come after the last flush: take
-            # them first, they belong to what a dead broker may have lost.
-            self._ack_telemetry(wait=0.0)
-            try:
-                newest = self.store.newest_unconfirmed()
-            except StorageError as exc:
-                self.stats.last_error = str(exc)
-                return  # noticed again at the next step
-            confirm.on_connection(reconnects, now=self.clock(), sent_through=newest)
-            log.debug("%s: connection %d, unconfirmed through seq %s", self.config.device,
-                      reconnects, newest)
-
-    def _resend_if_due(self, now: float) -> None:
-        """Confirm mode: after a (re)connect or a timeout, send the unconfirmed again."""
-        confirm = self.confirm
-        if not confirm.active:
-            return
-        try:
-            order = confirm.tick(now=now, unconfirmed=self.store.unconfirmed_count())
-            if order is None:
-                return
-            resent = self.store.resend_unconfirmed(through_seq=order.through_seq)
-        except StorageError as exc:
-            self.stats.last_error = str(exc)
-            return
-        self.stats.telemetry_resent += resent
-        log.info(
-            "%s: re-sending %d reading(s) ingest has not confirmed (%s)",
-            self.config.device,
-            resent,
-            order.reason.value,
-        )
-
-    def _ack_telemetry(self, *, wait: float) -> None:
-        deadline = time.monotonic() + wait
-        done: list[int] = []
-        still: list[tuple[PublishHandle, list[int]]] = []
-        for handle, seqs in self._inflight:
-            remaining = max(0.0, deadline - time.monotonic())
-            try:
-                delivered = handle.wait(remaining) if remaining > 0 else handle.delivered
-            except TransportError as exc:
-                self.stats.last_error = str(exc)
-                delivered = False  # re-sent from the store on the next flush
-                seqs = []
-            if delivered:
-                done.extend(seqs)
-                self.stats.telemetry_acked += 1
-            elif seqs:
-                still.append((handle, seqs))
-        self._inflight = still
-        if done:
-            try:
-                # Without confirmations (mode off) the PUBACK is all there will be.
-                self.store.mark_sent(done, confirmed=not self.confirm.subscribes)
-                mark = self.confirm.watermark
-                if self.confirm.active and mark is not None:
-                    # Re-sent readings the last ack covers already: stored again.
-                    self.store.confirm_stored(mark.through_seq, mark.through_ts)
-            except StorageError as exc:
-                self.stats.last_error = str(exc)
+        return self.outbox.flush(now)
 
     # Learning ----------------------------------------------------------------------------------
     def datasets(self, spec: ModelSpec) -> tuple[WindowDataset, WindowDataset]:

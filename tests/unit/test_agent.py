@@ -131,7 +131,7 @@ def test_telemetry_batches_carry_increasing_sequence_numbers(tmp_path: Path) -> 
     seqs = [r.seq for b in batches for r in b.readings]
     assert seqs == sorted(seqs) and len(set(seqs)) == 10
     assert set(batches[0].readings[0].values) == set(SENSOR_NAMES)
-    agent._ack_telemetry(wait=0.0)
+    agent.outbox.collect_acks(wait=0.0)
     assert agent.store.unsent_count() == 0
     agent.stop()
     agent.store.close()
