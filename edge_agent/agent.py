@@ -28,7 +28,6 @@ ingest without a watermark for it starts there, not at the first reading it sees
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -36,12 +35,10 @@ import queue
 import resource
 import threading
 import time
-import zlib
 from collections.abc import Callable
 
 import numpy as np
 import tenacity
-import torch
 
 from edge_agent.agent_stats import AgentStats
 from edge_agent.device_data import DeviceData
@@ -52,10 +49,10 @@ from edge_agent.sources import SensorSource
 from edge_agent.store import ReadingStore
 from edge_agent.telemetry_confirm import TelemetryConfirm, Watermark
 from edge_agent.telemetry_outbox import TelemetryOutbox
+from edge_agent.train_job import LocalTrainer
 from fedge import __version__
 from fedge.chunking import split_frame
 from fedge.codec import Frame, FrameHeader, decode_frame, encode_frame
-from fedge.compression import UpdateCodec, compress_update, resolve_codec, wire_codec
 from fedge.config import AgentConfig
 from fedge.errors import (
     FeatureSchemaError,
@@ -78,8 +75,7 @@ from fedge.messages import (
     decode_message,
     encode_message,
 )
-from fedge.models import FaultModel, build_model, copy_state, load_tensors, state_tensors
-from fedge.privacy import privatize_update
+from fedge.models import FaultModel, build_model, load_tensors
 from fedge.signing import Authenticator, Signer
 from fedge.spec import ModelSpec
 from fedge.tally import RejectionTally
@@ -90,7 +86,6 @@ from fedge.training import (
     evaluate,
     predict,
     set_torch_threads,
-    train_local,
 )
 from fedge.transport import InboundMessage, PublishHandle, Transport, Will, drain
 
@@ -202,7 +197,6 @@ class EdgeAgent:
         # error-feedback residual (the store belongs to this thread, not the trainer's).
         self._commit: tuple[int, Callable[[], None]] | None = None
         self._postponed: int | None = None
-        self._local: tuple[ModelSpec, FaultModel, torch.Tensor] | None = None
         # The previous running model: the next global model is loaded into it to be
         # vetted (ModelGate.vet's ``spare``) rather than into a newly built one.
         self._spare: FaultModel | None = None
@@ -221,6 +215,9 @@ class EdgeAgent:
         # Features, windows and statistics from the store (edge_agent/device_data.py).
         self.data = DeviceData(
             config, store=store, maintenance=self.maintenance, sensor_names=source.sensor_names
+        )
+        self.trainer = LocalTrainer(
+            seed=config.seed, device=config.device, max_train_seconds=config.max_train_seconds
         )
 
     @staticmethod
@@ -823,111 +820,27 @@ class EdgeAgent:
         raise AssertionError(f"unexpected task {ann.task!r}")  # train goes to _train_job
 
     def _train_job(self, ann: RoundAnnouncement, *, budget_s: float) -> Callable[[], bytes] | None:
-        """Everything a train round needs from the store, and a closure that trains.
-
-        The closure touches neither the store nor ``self.model`` (it trains a copy), so
-        it can run on a worker thread while the agent thread keeps sampling. Training
-        stops (TrainingStopped) when the agent stops or ``budget_s`` seconds after the
-        closure started (:func:`fedge.limits.check_announcement` derives the budget).
-        The update is encoded with the round's codec (delta against the round's global
-        weights, plus the error-feedback residual kept in the store); the new residual is
-        saved once the update is published (``self._commit``). ``max_train_seconds`` and the
-        round's deadline end training early with what it has.
-        """
+        """Everything a train round needs from the store, and a closure that trains
+        (:meth:`LocalTrainer.prepare <edge_agent.train_job.LocalTrainer.prepare>`); None
+        without training windows. The closure's new error-feedback residual is saved
+        once the update is published (``self._commit``)."""
         assert self.model is not None  # noqa: S101 - checked by _try_round
         started = time.monotonic()
         train, holdout = self.datasets(self.model.spec)
         if len(train) == 0:
             return None
-        # FedProx's reference (the round's global weights); plain FedAvg never reads it.
-        base = (
-            {k: v.detach().clone() for k, v in self.model.named_parameters()}
-            if ann.training.proximal_mu > 0
-            else None
+        job = self.trainer.prepare(
+            self.model, ann, train=train, holdout=holdout, budget_s=budget_s, halt=self._halt,
+            started=started, load_residual=self.store.load_residual,
+            header_for=lambda n, metrics: self._header(ann, "update", n, metrics),
         )
-        local = self._training_model(self.model.spec)
-        copy_state(local, self.model)
-        # crc32, not hash(): str hashes are salted per process, seeds must be reproducible.
-        seed = zlib.crc32(f"{self.config.seed}:{self.config.device}:{ann.round_id}".encode())
-        halt = self._halt
-        codec = resolve_codec(ann.codec)
-        dp = ann.training.dp
-        # The device's starting weights: needed for DP's clip and a delta codec only.
-        round_weights = (
-            state_tensors(self.model, trainable_only=True)
-            if dp is not None or codec.delta
-            else {}
-        )
-        base_weights = round_weights if codec.delta else None
-        key = _residual_key(self.model.spec, codec)
-        residual = self.store.load_residual(key) if codec.error_feedback else None
-        # Two clocks, on purpose: the device's own ``max_train_seconds`` ends training
-        # early and sends what it has (the busy rule only starts a round whose deadline
-        # is further away than that); ``budget_s`` (the agent's limits and the deadline)
-        # is the safety stop, after which the round is declined as ``train_timeout``.
-        partial_after = self.config.max_train_seconds
-        new_residual: list[dict[str, np.ndarray] | None] = []
-
-        def run() -> bytes:
-            over = time.monotonic() + budget_s
-
-            def should_stop() -> bool:
-                return halt.is_set() or time.monotonic() > over
-
-            # The base model's error on the held-out units (``local`` still holds it).
-            before = evaluate(local, holdout)
-            result = train_local(
-                local, train, ann.training, seed=seed, reference=base, should_stop=should_stop,
-                time_budget_s=partial_after,
-            )
-            metrics = {
-                "train_loss": result.loss,
-                "val_rmse": before.rmse,
-                "val_examples": float(before.num_examples),
-                "train_steps": float(result.steps),
-            }
-            weights = state_tensors(local, trainable_only=True)
-            if dp is not None:
-                # Client-level DP on the device: clip the change and add Gaussian noise here,
-                # where the aggregator cannot take it out. The generator is seeded from the
-                # OS, never from the device's reproducible seed (noise one could regenerate
-                # could be subtracted).
-                weights = privatize_update(
-                    weights, round_weights, dp, rng=np.random.default_rng()
-                )
-            compressed = compress_update(
-                weights, codec=codec, base=base_weights, residual=residual, seed=seed,
-            )
-            new_residual.append(compressed.residual)
-            # All local work of the round (data, training, encoding): what the round
-            # waited for on this device, apart from the network.
-            metrics["local_seconds"] = time.monotonic() - started
-            header = self._header(ann, "update", result.num_examples, metrics)
-            if not codec.is_default:
-                header = header.model_copy(update={"codec": wire_codec(codec)})
-            return encode_frame(header, compressed.tensors)
-
-        if codec.error_feedback:
+        key = job.residual_key
+        if key is not None:
+            new = job.new_residual
             self._commit = (
-                ann.round_id,
-                lambda: self.store.save_residual(key, new_residual[0] if new_residual else None),
+                ann.round_id, lambda: self.store.save_residual(key, new[0] if new else None)
             )
-        return run
-
-    def _training_model(self, spec: ModelSpec) -> FaultModel:
-        """The model a round trains (a copy of ``self.model``'s architecture), reused.
-
-        One job runs at a time, so one model per spec serves every round; building it
-        again cost ~1 ms a round, half of it in ``torch.manual_seed``. The global torch
-        RNG (dropout draws from it) is left exactly as ``build_model`` leaves it, so a
-        round trains bit for bit as it did with a freshly built model.
-        """
-        cached = self._local
-        if cached is None or cached[0] != spec:
-            model = build_model(spec)
-            cached = self._local = (spec, model, torch.get_rng_state())
-        torch.set_rng_state(cached[2])
-        return cached[1]
+        return job.run
 
     def _start_job(self, ann: RoundAnnouncement, job: Callable[[], bytes]) -> None:
         box: list[bytes | BaseException] = []
@@ -1047,9 +960,3 @@ class EdgeAgent:
             return None
         self.stats.predictions += 1
         return prediction
-
-
-def _residual_key(spec: ModelSpec, codec: UpdateCodec) -> str:
-    """What a saved residual is only valid for: this model spec and this codec."""
-    text = spec.model_dump_json() + codec.model_dump_json()
-    return hashlib.sha256(text.encode()).hexdigest()[:32]

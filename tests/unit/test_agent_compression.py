@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.agent import EdgeAgent, _residual_key
+from edge_agent.agent import EdgeAgent
 from edge_agent.sources import SimulatedSensorSource
 from edge_agent.store import ReadingStore
+from edge_agent.train_job import residual_key
 from fedge.chunking import ChunkAssembler, parse_chunk
 from fedge.codec import decode_frame
 from fedge.compression import UpdateCodec, parse_update, wire_codec
@@ -79,14 +80,14 @@ def test_an_int8_ef_update_plus_its_residual_is_the_trained_model(tmp_path: Path
     assert len(payload) < len(plain) / 3
     base = state_tensors(build_model(SPEC, seed=0), trainable_only=True)
     decoded = parse_update(frame.tensors, INT8_EF, template=base, base=base).decompress()
-    residual = agent.store.load_residual(_residual_key(SPEC, INT8_EF))
+    residual = agent.store.load_residual(residual_key(SPEC, INT8_EF))
     assert residual is not None and set(residual) == set(base)
     for name in base:
         # What was sent plus what was kept back is the whole change, to float32 rounding.
         np.testing.assert_allclose(decoded[name] + residual[name], trained[name], atol=1e-6)
     assert max(float(np.abs(r).max()) for r in residual.values()) > 0
     # A plain round keeps no residual.
-    assert plain_agent.store.load_residual(_residual_key(SPEC, UpdateCodec())) is None
+    assert plain_agent.store.load_residual(residual_key(SPEC, UpdateCodec())) is None
     for a in (plain_agent, agent):
         a.stop()
         a.store.close()

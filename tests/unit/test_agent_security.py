@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import edge_agent.agent as agent_module
+import edge_agent.train_job as train_job_module
 from edge_agent.agent import EdgeAgent
 from edge_agent.model_gate import ModelGate
 from edge_agent.sources import SimulatedSensorSource
@@ -474,13 +474,13 @@ def test_greedy_announcement_is_clamped_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[TrainingConfig] = []
-    real = agent_module.train_local
+    real = train_job_module.train_local
 
     def spy(model: Any, data: WindowDataset, config: TrainingConfig, **kw: Any) -> Any:
         seen.append(config)
         return real(model, data, config, **kw)
 
-    monkeypatch.setattr(agent_module, "train_local", spy)
+    monkeypatch.setattr(train_job_module, "train_local", spy)
     broker, agent, aggregator = started(tmp_path, limits={"max_epochs": 2, "min_batch_size": 16})
     rec = Recorder(broker, TOPICS.all_updates)
     deliver(agent, aggregator, TOPICS.global_model, model_frame(1, normalised(agent)))
