@@ -57,7 +57,7 @@ def test_an_idle_agent_wakes_rarely_but_answers_a_message_and_a_stop_at_once(
         time.sleep(0.5)
         before = len(steps)
         time.sleep(2.0)
-        assert len(steps) - before <= 4, len(steps) - before
+        assert len(steps) - before <= 3, len(steps) - before  # one a second, +1 at the edges
         # A message still wakes it at once.
         repair = MaintenanceEvent.new(fleet=FLEET, device=DEVICE, kind="repair", ts=time.time(),
                                       source="operator", note="idle check")
