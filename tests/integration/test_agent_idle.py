@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import edge_agent.agent as agent_module
 from broker.mqtt_transport import PahoTransport
 from edge_agent.sources import SimulatedSensorSource
 from fedge.config import AgentConfig, BrokerEndpoint
@@ -26,7 +27,7 @@ FLEET, DEVICE = "idle", "pump-1"
 
 
 def test_an_idle_agent_wakes_rarely_but_answers_a_message_and_a_stop_at_once(
-    tmp_path: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     endpoint = BrokerEndpoint(host="127.0.0.1", port=mosquitto.port)
     cfg = AgentConfig(
@@ -58,20 +59,23 @@ def test_an_idle_agent_wakes_rarely_but_answers_a_message_and_a_stop_at_once(
         before = len(steps)
         time.sleep(2.0)
         assert len(steps) - before <= 3, len(steps) - before  # one a second, +1 at the edges
-        # A message still wakes it at once.
+        # A message and a stop request still wake it at once: with idle waits of 30 s (so
+        # a wait that ran its course would show), each is handled within seconds.
+        monkeypatch.setattr(agent_module, "_IDLE_WAIT_S", 30.0)
+        time.sleep(1.5)  # the 1 s wait in progress ends; the next one is 30 s
         repair = MaintenanceEvent.new(fleet=FLEET, device=DEVICE, kind="repair", ts=time.time(),
                                       source="operator", note="idle check")
         operator.connect(on_message=lambda m: None)
         sent = time.monotonic()
         assert operator.publish(Topics(FLEET).events(DEVICE), encode_message(repair)).wait(5)
-        assert wait_until(lambda: agent.maintenance.stats.events_received == 1, timeout=5)
-        assert time.monotonic() - sent < 0.5
-        # And so does a stop request.
+        assert wait_until(lambda: agent.maintenance.stats.events_received == 1, timeout=10)
+        assert time.monotonic() - sent < 5.0
+        time.sleep(0.5)  # back asleep, for 30 s
         asked = time.monotonic()
         stop.set()
-        thread.join(timeout=5)
+        thread.join(timeout=20)
         assert not thread.is_alive()
-        assert time.monotonic() - asked < 0.5
+        assert time.monotonic() - asked < 5.0
     finally:
         operator.close()
         stop.set()
