@@ -16,7 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ def residual_key(spec: ModelSpec, codec: UpdateCodec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TrainJob:
     """One prepared training round."""
 
@@ -50,7 +50,7 @@ class TrainJob:
     """Trains, encodes and returns the update frame (raises TrainingStopped)."""
     residual_key: str | None
     """Where the new error-feedback residual is saved; None without error feedback."""
-    new_residual: list[Tensors | None] = field(default_factory=list)
+    new_residual: list[Tensors | None]
     """Filled by ``run``: the residual to save once the update is published."""
 
 
@@ -110,7 +110,7 @@ class LocalTrainer:
         # is further away than that); ``budget_s`` (the agent's limits and the deadline)
         # is the safety stop, after which the round is declined as ``train_timeout``.
         partial_after = self.max_train_seconds
-        job = TrainJob(run=lambda: b"", residual_key=key)
+        new_residual: list[Tensors | None] = []
 
         def run() -> bytes:
             over = time.monotonic() + budget_s
@@ -142,7 +142,7 @@ class LocalTrainer:
             compressed = compress_update(
                 weights, codec=codec, base=base_weights, residual=residual, seed=seed,
             )
-            job.new_residual.append(compressed.residual)
+            new_residual.append(compressed.residual)
             # All local work of the round (data, training, encoding): what the round
             # waited for on this device, apart from the network.
             metrics["local_seconds"] = time.monotonic() - started
@@ -151,8 +151,7 @@ class LocalTrainer:
                 header = header.model_copy(update={"codec": wire_codec(codec)})
             return encode_frame(header, compressed.tensors)
 
-        job.run = run
-        return job
+        return TrainJob(run=run, residual_key=key, new_residual=new_residual)
 
     def _training_model(self, spec: ModelSpec) -> FaultModel:
         """The model a round trains (a copy of the running model's architecture), reused.
